@@ -1,0 +1,17 @@
+package cgroup
+
+import "errors"
+
+// Sentinels for the outcomes callers branch on. Use errors.Is.
+var (
+	// ErrNotDelegated: the cgroup is not writable by us (cgroup.procs or
+	// cgroup.subtree_control cannot be written).
+	ErrNotDelegated = errors.New("cgroup: not delegated to this process")
+	// ErrControllerUnavailable: a limit needs a controller that the
+	// hierarchy does not offer here (cgroup.controllers lacks it).
+	ErrControllerUnavailable = errors.New("cgroup: controller not available")
+	// ErrNotEmpty: a group still holds processes.
+	ErrNotEmpty = errors.New("cgroup: not empty")
+	// ErrNoCgroup2: no cgroup v2 hierarchy is mounted.
+	ErrNoCgroup2 = errors.New("cgroup: no cgroup v2 mount")
+)
