@@ -1,0 +1,513 @@
+package sched
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Item is one pending task as stored in a [Queue]. The queue stores the Item
+// by value; Value is opaque to the queue and is never inspected or copied
+// deeply.
+type Item[T any] struct {
+	// ID identifies the item. It is chosen by the caller and must be unique
+	// among the items currently queued; it may be reused once the item has
+	// left the queue.
+	ID uint64
+	// Priority orders items across the queue: lower numbers run first. It
+	// must be >= 0.
+	Priority int
+	// Client identifies the submitter. Items of different clients at the same
+	// priority are served round-robin.
+	Client uint64
+	// Deadline is the queue deadline: the item must not be started after it.
+	// The zero Time means no deadline. The queue itself never looks at a
+	// clock; see [Queue.Expire] and [Queue.NextDeadline].
+	Deadline time.Time
+	// Value is the caller's payload.
+	Value T
+}
+
+// entry is the queue's internal record of one queued item. It is linked into
+// its client's FIFO at its priority (prev/next) and, if it has a deadline,
+// sits in the deadline heap at index dl.
+type entry[T any] struct {
+	item       Item[T]
+	seq        uint64 // submission order, for deadline-heap ties
+	prev, next *entry[T]
+	cq         *clientQ[T]
+	dl         int // index in Queue.deadlines, or -1
+}
+
+// clientQ is one client's FIFO at one priority. It exists only while
+// non-empty, and then it is linked into its level's rotation (rprev/rnext).
+type clientQ[T any] struct {
+	client       uint64
+	lvl          *level[T]
+	head, tail   *entry[T]
+	rprev, rnext *clientQ[T]
+}
+
+// cqKey identifies one client's FIFO at one priority.
+type cqKey struct {
+	client uint64
+	prio   int
+}
+
+// level holds all items at one priority: a rotation of non-empty client
+// FIFOs. While non-empty it sits in the priority heap at index idx; an empty
+// (idle) level has idx -1 and may stay in Queue.levels for reuse.
+type level[T any] struct {
+	prio         int
+	idx          int
+	rhead, rtail *clientQ[T]
+}
+
+// Bounds on the records kept for reuse, so that a queue in steady state does
+// not allocate, while one that shrinks after a burst does not keep much more
+// than this memory.
+const (
+	maxFreeEntries = 1024 // recycled entries
+	maxFreeCQs     = 256  // recycled client FIFOs
+	maxIdleLevels  = 16   // empty levels kept in Queue.levels
+)
+
+// Queue is cgpool's pending-task queue: strict priority, round-robin between
+// clients within a priority, FIFO within a client. The zero Queue is not
+// usable; create one with [New]. A Queue is not safe for concurrent use: the
+// caller must serialize all method calls (the pool holds a lock around it).
+// No method blocks.
+type Queue[T any] struct {
+	max int
+	n   int
+	seq uint64
+
+	byID      idTable[T]
+	levels    map[int]*level[T]     // non-empty and a few idle levels
+	prios     []*level[T]           // min-heap on prio of non-empty levels
+	cqs       map[cqKey]*clientQ[T] // non-empty client FIFOs
+	deadlines []*entry[T]           // min-heap on (Deadline, seq)
+
+	// Free lists of recycled records (linked through next and rnext).
+	freeEntries    *entry[T]
+	freeCQs        *clientQ[T]
+	nFreeE, nFreeC int
+}
+
+// New returns an empty queue that holds at most maxBacklog items; a
+// maxBacklog <= 0 means unbounded. The caller owns the returned Queue. New
+// does not block and cannot fail.
+func New[T any](maxBacklog int) *Queue[T] {
+	if maxBacklog < 0 {
+		maxBacklog = 0
+	}
+	return &Queue[T]{
+		max:    maxBacklog,
+		levels: make(map[int]*level[T]),
+		cqs:    make(map[cqKey]*clientQ[T]),
+	}
+}
+
+// Len returns the exact number of items currently queued. It does not block.
+func (q *Queue[T]) Len() int { return q.n }
+
+// Cap returns the backlog limit given to [New], or 0 if the queue is
+// unbounded. It does not block.
+func (q *Queue[T]) Cap() int { return q.max }
+
+// Push queues it behind the items already queued for the same client and
+// priority. It does not block. The queue keeps a copy of it until it leaves
+// through Pop, Remove, RemoveClient, Expire or Drain.
+//
+// Errors (nothing is queued in any of these cases):
+//   - a wrapped [ErrInvalidPriority] if it.Priority < 0;
+//   - a wrapped [ErrDuplicate] if an item with it.ID is already queued;
+//   - [ErrFull] if the queue already holds Cap() items (bounded queues only).
+func (q *Queue[T]) Push(it Item[T]) error {
+	if it.Priority < 0 {
+		return fmt.Errorf("%w: %d (id %d)", ErrInvalidPriority, it.Priority, it.ID)
+	}
+	slot, dup := q.byID.find(it.ID)
+	if dup != nil {
+		return fmt.Errorf("%w: %d", ErrDuplicate, it.ID)
+	}
+	if q.max > 0 && q.n >= q.max {
+		return ErrFull
+	}
+
+	key := cqKey{it.Client, it.Priority}
+	cq := q.cqs[key]
+	if cq == nil {
+		lvl := q.levels[it.Priority]
+		if lvl == nil {
+			lvl = &level[T]{prio: it.Priority, idx: -1}
+			q.levels[it.Priority] = lvl
+		}
+		if lvl.idx < 0 {
+			q.prioPush(lvl)
+		}
+		cq = q.newClientQ(it.Client, lvl)
+		q.cqs[key] = cq
+		// Join the end of the rotation.
+		cq.rprev = lvl.rtail
+		if lvl.rtail != nil {
+			lvl.rtail.rnext = cq
+		} else {
+			lvl.rhead = cq
+		}
+		lvl.rtail = cq
+	}
+
+	q.seq++
+	e := q.newEntry()
+	*e = entry[T]{item: it, seq: q.seq, cq: cq, dl: -1, prev: cq.tail}
+	if cq.tail != nil {
+		cq.tail.next = e
+	} else {
+		cq.head = e
+	}
+	cq.tail = e
+	q.byID.setAt(slot, it.ID, e)
+	if !it.Deadline.IsZero() {
+		q.dlPush(e)
+	}
+	q.n++
+	return nil
+}
+
+// Pop removes and returns the item that should run next, and true; it returns
+// the zero Item and false if the queue is empty. It does not block and does
+// not look at deadlines: call [Queue.Expire] first if expired items must not
+// be started. The returned Item belongs to the caller.
+func (q *Queue[T]) Pop() (Item[T], bool) {
+	if q.n == 0 {
+		return Item[T]{}, false
+	}
+	lvl := q.prios[0]
+	cq := lvl.rhead
+	e := cq.head
+	it := e.item
+	q.unlink(e)
+	if cq.head != nil && lvl.rtail != cq {
+		// The client still has items here: it goes to the end of the
+		// rotation. (If it emptied, unlink already took it out.)
+		lvl.rhead = cq.rnext
+		lvl.rhead.rprev = nil
+		cq.rnext = nil
+		cq.rprev = lvl.rtail
+		lvl.rtail.rnext = cq
+		lvl.rtail = cq
+	}
+	return it, true
+}
+
+// Remove cancels the queued item with the given id and returns it and true,
+// or the zero Item and false if no such item is queued (never pushed, or
+// already popped or removed). It runs in O(log n), does not block, and the
+// returned Item belongs to the caller.
+func (q *Queue[T]) Remove(id uint64) (Item[T], bool) {
+	e := q.byID.get(id)
+	if e == nil {
+		return Item[T]{}, false
+	}
+	it := e.item
+	q.unlink(e)
+	return it, true
+}
+
+// RemoveClient removes every queued item submitted by client and returns them
+// in the order in which Pop would have returned them (priority, then
+// submission order). It returns nil if the client has nothing queued. It does
+// not block; the returned slice belongs to the caller.
+func (q *Queue[T]) RemoveClient(client uint64) []Item[T] {
+	var cqs []*clientQ[T]
+	count := 0
+	for _, lvl := range q.prios {
+		if cq := q.cqs[cqKey{client, lvl.prio}]; cq != nil {
+			cqs = append(cqs, cq)
+			for e := cq.head; e != nil; e = e.next {
+				count++
+			}
+		}
+	}
+	if count == 0 {
+		return nil
+	}
+	slices.SortFunc(cqs, func(a, b *clientQ[T]) int { return cmp.Compare(a.lvl.prio, b.lvl.prio) })
+	out := make([]Item[T], 0, count)
+	for _, cq := range cqs {
+		for e := cq.head; e != nil; {
+			next := e.next
+			out = append(out, e.item)
+			q.unlink(e)
+			e = next
+		}
+	}
+	return out
+}
+
+// Expire removes and returns every queued item whose Deadline is non-zero and
+// not after now, ordered by Deadline (ties in submission order). It returns
+// nil if nothing has expired, in O(1). It does not block and does not read a
+// clock; the returned slice belongs to the caller.
+func (q *Queue[T]) Expire(now time.Time) []Item[T] {
+	var out []Item[T]
+	for len(q.deadlines) > 0 && !q.deadlines[0].item.Deadline.After(now) {
+		e := q.deadlines[0]
+		out = append(out, e.item)
+		q.unlink(e)
+	}
+	return out
+}
+
+// NextDeadline returns the earliest Deadline among the queued items and true,
+// or the zero Time and false if no queued item has a deadline. The pool can
+// arm a single timer for it and call [Queue.Expire] when it fires. It does
+// not block.
+func (q *Queue[T]) NextDeadline() (time.Time, bool) {
+	if len(q.deadlines) == 0 {
+		return time.Time{}, false
+	}
+	return q.deadlines[0].item.Deadline, true
+}
+
+// Drain removes every queued item and returns them in the order in which Pop
+// would have returned them. It returns nil if the queue is empty. It does not
+// block; the returned slice belongs to the caller. The queue stays usable.
+func (q *Queue[T]) Drain() []Item[T] {
+	if q.n == 0 {
+		return nil
+	}
+	out := make([]Item[T], 0, q.n)
+	for {
+		it, ok := q.Pop()
+		if !ok {
+			return out
+		}
+		out = append(out, it)
+	}
+}
+
+// unlink takes e out of every structure of the queue, dropping its client
+// FIFO and level when they become empty, and recycles e: the caller must copy
+// e.item before calling it.
+func (q *Queue[T]) unlink(e *entry[T]) {
+	cq := e.cq
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		cq.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		cq.tail = e.prev
+	}
+	if e.dl >= 0 {
+		q.dlRemove(e.dl)
+	}
+	q.byID.delete(e.item.ID)
+	q.n--
+	q.freeEntry(e)
+	if cq.head == nil {
+		q.dropClientQ(cq)
+	}
+}
+
+// dropClientQ removes an empty client FIFO from its level's rotation and from
+// the index, and retires the level if that was its last client.
+func (q *Queue[T]) dropClientQ(cq *clientQ[T]) {
+	lvl := cq.lvl
+	if cq.rprev != nil {
+		cq.rprev.rnext = cq.rnext
+	} else {
+		lvl.rhead = cq.rnext
+	}
+	if cq.rnext != nil {
+		cq.rnext.rprev = cq.rprev
+	} else {
+		lvl.rtail = cq.rprev
+	}
+	delete(q.cqs, cqKey{cq.client, lvl.prio})
+	q.freeClientQ(cq)
+
+	if lvl.rhead == nil {
+		q.prioRemove(lvl.idx)
+		lvl.idx = -1
+		if len(q.levels)-len(q.prios) > maxIdleLevels {
+			delete(q.levels, lvl.prio)
+		}
+	}
+}
+
+// Free lists. Recycled records are zeroed so that they retain no payload.
+
+func (q *Queue[T]) newEntry() *entry[T] {
+	e := q.freeEntries
+	if e == nil {
+		return new(entry[T])
+	}
+	q.freeEntries = e.next
+	q.nFreeE--
+	return e
+}
+
+func (q *Queue[T]) freeEntry(e *entry[T]) {
+	*e = entry[T]{}
+	if q.nFreeE < maxFreeEntries {
+		e.next = q.freeEntries
+		q.freeEntries = e
+		q.nFreeE++
+	}
+}
+
+func (q *Queue[T]) newClientQ(client uint64, lvl *level[T]) *clientQ[T] {
+	cq := q.freeCQs
+	if cq == nil {
+		cq = new(clientQ[T])
+	} else {
+		q.freeCQs = cq.rnext
+		q.nFreeC--
+		cq.rnext = nil
+	}
+	cq.client, cq.lvl = client, lvl
+	return cq
+}
+
+func (q *Queue[T]) freeClientQ(cq *clientQ[T]) {
+	*cq = clientQ[T]{}
+	if q.nFreeC < maxFreeCQs {
+		cq.rnext = q.freeCQs
+		q.freeCQs = cq
+		q.nFreeC++
+	}
+}
+
+// Priority heap (min-heap of non-empty levels on prio).
+
+func (q *Queue[T]) prioPush(l *level[T]) {
+	l.idx = len(q.prios)
+	q.prios = append(q.prios, l)
+	q.prioUp(l.idx)
+}
+
+func (q *Queue[T]) prioRemove(i int) {
+	h := q.prios
+	last := len(h) - 1
+	if i != last {
+		h[i] = h[last]
+		h[i].idx = i
+	}
+	h[last] = nil
+	q.prios = h[:last]
+	if i != last {
+		if !q.prioDown(i) {
+			q.prioUp(i)
+		}
+	}
+}
+
+func (q *Queue[T]) prioUp(i int) {
+	h := q.prios
+	for i > 0 {
+		p := (i - 1) / 2
+		if h[p].prio <= h[i].prio {
+			break
+		}
+		h[p], h[i] = h[i], h[p]
+		h[p].idx, h[i].idx = p, i
+		i = p
+	}
+}
+
+func (q *Queue[T]) prioDown(i int) bool {
+	h := q.prios
+	start := i
+	for {
+		c := 2*i + 1
+		if c >= len(h) {
+			break
+		}
+		if r := c + 1; r < len(h) && h[r].prio < h[c].prio {
+			c = r
+		}
+		if h[i].prio <= h[c].prio {
+			break
+		}
+		h[i], h[c] = h[c], h[i]
+		h[i].idx, h[c].idx = i, c
+		i = c
+	}
+	return i != start
+}
+
+// Deadline heap (min-heap of entries on (Deadline, seq)).
+
+func dlLess[T any](a, b *entry[T]) bool {
+	if a.item.Deadline.Equal(b.item.Deadline) {
+		return a.seq < b.seq
+	}
+	return a.item.Deadline.Before(b.item.Deadline)
+}
+
+func (q *Queue[T]) dlPush(e *entry[T]) {
+	e.dl = len(q.deadlines)
+	q.deadlines = append(q.deadlines, e)
+	q.dlUp(e.dl)
+}
+
+func (q *Queue[T]) dlRemove(i int) {
+	h := q.deadlines
+	last := len(h) - 1
+	h[i].dl = -1
+	if i != last {
+		h[i] = h[last]
+		h[i].dl = i
+	}
+	h[last] = nil
+	q.deadlines = h[:last]
+	if c := cap(h); c > 1024 && last < c/4 {
+		// Give back memory after a burst of deadlines.
+		q.deadlines = append(make([]*entry[T], 0, c/2), q.deadlines...)
+	}
+	if i != last {
+		if !q.dlDown(i) {
+			q.dlUp(i)
+		}
+	}
+}
+
+func (q *Queue[T]) dlUp(i int) {
+	h := q.deadlines
+	for i > 0 {
+		p := (i - 1) / 2
+		if !dlLess(h[i], h[p]) {
+			break
+		}
+		h[p], h[i] = h[i], h[p]
+		h[p].dl, h[i].dl = p, i
+		i = p
+	}
+}
+
+func (q *Queue[T]) dlDown(i int) bool {
+	h := q.deadlines
+	start := i
+	for {
+		c := 2*i + 1
+		if c >= len(h) {
+			break
+		}
+		if r := c + 1; r < len(h) && dlLess(h[r], h[c]) {
+			c = r
+		}
+		if !dlLess(h[c], h[i]) {
+			break
+		}
+		h[i], h[c] = h[c], h[i]
+		h[i].dl, h[c].dl = i, c
+		i = c
+	}
+	return i != start
+}
