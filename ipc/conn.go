@@ -1,0 +1,367 @@
+package ipc
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"sync"
+	"sync/atomic"
+)
+
+// Frame limits.
+const (
+	// MaxHeader is the largest header length, in bytes, that a frame may
+	// announce or carry. It is fixed by the protocol.
+	MaxHeader = 64 << 10
+	// DefaultMaxPayload is the payload limit of a Conn whose Options leave
+	// MaxPayload at 0.
+	DefaultMaxPayload = 64 << 20
+	// prefixLen is the length of the two big-endian uint32 length fields.
+	prefixLen = 8
+	// directAlloc: payloads up to this size are allocated in one piece;
+	// larger ones grow as their bytes actually arrive, so that a peer that
+	// announces a large payload and then stalls or disconnects does not make
+	// us allocate the whole announced size.
+	directAlloc = 256 << 10
+	bufSize     = 32 << 10
+)
+
+// Options configure a [Conn]. The zero value is valid.
+type Options struct {
+	// MaxPayload is the largest payload, in bytes, that the Conn reads or
+	// writes. 0 (or negative) means DefaultMaxPayload; values above
+	// math.MaxUint32 (the wire limit) are lowered to it. Both ends of a
+	// connection should use the same limit.
+	MaxPayload int64
+}
+
+// Conn reads and writes frames on a byte stream, usually a *net.UnixConn
+// (client protocol) or the *os.File of an inherited socketpair (worker
+// protocol).
+//
+// Concurrency: at most one goroutine may call Read at a time (it owns the
+// read buffer). Write and WriteBatch may be called from any number of
+// goroutines, concurrently with each other and with Read; frames are never
+// interleaved. Close may be called at any time from any goroutine and
+// unblocks pending Reads and Writes (by closing the underlying stream).
+//
+// Deadlines are not managed here: set them on the underlying connection. A
+// Write that fails (including by a deadline) leaves the stream in an unknown
+// state; every later Write returns the same error and the Conn should be
+// closed.
+type Conn struct {
+	rw         io.ReadWriteCloser
+	maxPayload atomic.Int64
+
+	// Reader side, owned by the single reader goroutine.
+	r    *bufio.Reader
+	pre  [prefixLen]byte
+	hbuf []byte
+
+	// Writer side, guarded by wmu.
+	wmu  sync.Mutex
+	w    *bufio.Writer
+	werr error
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewConn returns a Conn that reads and writes frames on rw. At most one
+// Options value may be given; without it the defaults apply. The Conn owns
+// rw from now on: Close closes it, and the caller must not read from or
+// write to rw directly (setting deadlines is fine). NewConn does not block
+// and does no I/O.
+func NewConn(rw io.ReadWriteCloser, opts ...Options) *Conn {
+	var o Options
+	if len(opts) > 0 {
+		o = opts[len(opts)-1]
+	}
+	c := &Conn{
+		rw: rw,
+		r:  bufio.NewReaderSize(rw, bufSize),
+		w:  bufio.NewWriterSize(rw, bufSize),
+	}
+	c.SetMaxPayload(o.MaxPayload)
+	return c
+}
+
+// SetMaxPayload changes the payload limit (see Options.MaxPayload; n <= 0
+// restores the default). It is safe to call concurrently with Read and
+// Write; a frame already being read keeps the limit it was checked against.
+func (c *Conn) SetMaxPayload(n int64) {
+	if n <= 0 {
+		n = DefaultMaxPayload
+	}
+	if n > math.MaxUint32 {
+		n = math.MaxUint32
+	}
+	c.maxPayload.Store(n)
+}
+
+// MaxPayload returns the current payload limit in bytes.
+func (c *Conn) MaxPayload() int64 { return c.maxPayload.Load() }
+
+// Read blocks until one whole frame has arrived and returns its header and
+// payload. The Header and the payload slice are freshly allocated and owned
+// by the caller (the payload is nil when the frame has none); Read keeps no
+// reference to them.
+//
+// Errors:
+//   - io.EOF: the stream ended cleanly before the first byte of a frame;
+//   - io.ErrUnexpectedEOF: the stream ended inside a frame;
+//   - *FrameError (errors.As): a length broke a limit (errors.Is
+//     ErrFrameTooLarge; nothing of the announced size was allocated), the
+//     header length was 0, or the header is not a JSON object with a
+//     non-empty string "type". The stream is out of sync afterwards;
+//   - ErrClosed: the Conn was closed;
+//   - any other error of the underlying stream.
+//
+// Only one goroutine may call Read at a time.
+func (c *Conn) Read() (Header, []byte, error) {
+	var h Header
+	if c.closed.Load() {
+		return h, nil, ErrClosed
+	}
+	if n, err := io.ReadFull(c.r, c.pre[:]); err != nil {
+		if n == 0 && err == io.EOF {
+			return h, nil, io.EOF
+		}
+		return h, nil, c.readErr(err)
+	}
+	hl := binary.BigEndian.Uint32(c.pre[0:4])
+	pl := int64(binary.BigEndian.Uint32(c.pre[4:8]))
+	if hl == 0 {
+		return h, nil, &FrameError{Reason: FrameEmptyHeader}
+	}
+	if hl > MaxHeader {
+		return h, nil, &FrameError{Reason: FrameHeaderTooLarge, Size: int64(hl), Limit: MaxHeader, Err: ErrFrameTooLarge}
+	}
+	if max := c.maxPayload.Load(); pl > max {
+		return h, nil, &FrameError{Reason: FramePayloadTooLarge, Size: pl, Limit: max, Err: ErrFrameTooLarge}
+	}
+	if cap(c.hbuf) < int(hl) {
+		c.hbuf = make([]byte, max(int(hl), 512))
+	}
+	hb := c.hbuf[:hl]
+	if _, err := io.ReadFull(c.r, hb); err != nil {
+		return h, nil, c.readErr(err)
+	}
+	if err := decodeHeader(hb, &h); err != nil {
+		return Header{}, nil, err
+	}
+	payload, err := readPayload(c.r, pl)
+	if err != nil {
+		return Header{}, nil, c.readErr(err)
+	}
+	return h, payload, nil
+}
+
+// decodeHeader parses b into h and enforces the header rules.
+func decodeHeader(b []byte, h *Header) error {
+	if err := json.Unmarshal(b, h); err != nil {
+		return &FrameError{Reason: FrameBadHeader, Err: err}
+	}
+	if h.Type == "" {
+		return &FrameError{Reason: FrameBadHeader, Err: errors.New(`missing or empty "type"`)}
+	}
+	return nil
+}
+
+// readPayload reads exactly n bytes. Up to directAlloc it allocates once;
+// beyond that the buffer grows (doubling) only as bytes arrive.
+func readPayload(r io.Reader, n int64) ([]byte, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	if n <= directAlloc {
+		b := make([]byte, n)
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	b := make([]byte, 0, directAlloc)
+	for int64(len(b)) < n {
+		if len(b) == cap(b) {
+			nc := min(int64(2*cap(b)), n)
+			nb := make([]byte, len(b), nc)
+			copy(nb, b)
+			b = nb
+		}
+		m, err := io.ReadFull(r, b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+func (c *Conn) readErr(err error) error {
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if c.closed.Load() && err != io.ErrUnexpectedEOF {
+		return ErrClosed
+	}
+	return err
+}
+
+// encoder turns headers into prefix+JSON bytes. Pooled: encoding happens
+// outside the write lock so that concurrent writers encode in parallel.
+type encoder struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+var encPool = sync.Pool{New: func() any {
+	e := &encoder{}
+	e.enc = json.NewEncoder(&e.buf)
+	e.enc.SetEscapeHTML(false)
+	return e
+}}
+
+func getEncoder() *encoder { return encPool.Get().(*encoder) }
+
+func putEncoder(e *encoder) {
+	if e.buf.Cap() > 4*MaxHeader {
+		return // let a huge batch buffer be collected
+	}
+	e.buf.Reset()
+	encPool.Put(e)
+}
+
+// appendFrameHead appends the 8-byte prefix and the JSON header of h (for a
+// payload of plen bytes) to e.buf. On error e.buf is restored.
+func (e *encoder) appendFrameHead(h *Header, plen int, maxPayload int64) error {
+	if h == nil || h.Type == "" {
+		return &FrameError{Reason: FrameBadHeader, Err: errors.New(`missing or empty "type"`)}
+	}
+	if int64(plen) > maxPayload {
+		return &FrameError{Reason: FramePayloadTooLarge, Size: int64(plen), Limit: maxPayload, Err: ErrFrameTooLarge}
+	}
+	start := e.buf.Len()
+	var zero [prefixLen]byte
+	e.buf.Write(zero[:])
+	if err := e.enc.Encode(h); err != nil {
+		e.buf.Truncate(start)
+		return &FrameError{Reason: FrameBadHeader, Err: err}
+	}
+	e.buf.Truncate(e.buf.Len() - 1) // Encode's trailing newline
+	b := e.buf.Bytes()[start:]
+	hl := len(b) - prefixLen
+	if hl > MaxHeader {
+		e.buf.Truncate(start)
+		return &FrameError{Reason: FrameHeaderTooLarge, Size: int64(hl), Limit: MaxHeader, Err: ErrFrameTooLarge}
+	}
+	binary.BigEndian.PutUint32(b[0:4], uint32(hl))
+	binary.BigEndian.PutUint32(b[4:8], uint32(plen))
+	return nil
+}
+
+// Write encodes one frame and writes it, flushing before it returns. It
+// blocks until the frame has been handed to the underlying stream (or
+// failed). It does not modify h or payload and keeps no reference to them
+// after returning. Safe for concurrent use; frames from concurrent calls
+// are never interleaved.
+//
+// Errors: *FrameError if h has no Type, cannot be encoded, encodes to more
+// than MaxHeader bytes, or payload is longer than MaxPayload (nothing is
+// written and the Conn stays usable); ErrClosed after Close; otherwise the
+// underlying stream's error, which is sticky.
+func (c *Conn) Write(h *Header, payload []byte) error {
+	e := getEncoder()
+	defer putEncoder(e)
+	if err := e.appendFrameHead(h, len(payload), c.maxPayload.Load()); err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.writeCheck(); err != nil {
+		return err
+	}
+	c.w.Write(e.buf.Bytes())
+	c.w.Write(payload)
+	return c.flushLocked()
+}
+
+// WriteBatch writes several frames, in order, with a single flush: with
+// many small frames this costs one write system call instead of one per
+// frame. All headers are encoded and checked first; if any is invalid
+// (see Write) nothing is written and its *FrameError is returned. Otherwise
+// the frames are written back to back, never interleaved with frames of
+// concurrent writers. Blocking, ownership and errors are as for Write. An
+// empty batch writes nothing and returns nil (or ErrClosed).
+func (c *Conn) WriteBatch(frames []Frame) error {
+	if len(frames) == 0 {
+		if c.closed.Load() {
+			return ErrClosed
+		}
+		return nil
+	}
+	e := getEncoder()
+	defer putEncoder(e)
+	ends := make([]int, len(frames))
+	max := c.maxPayload.Load()
+	for i := range frames {
+		if err := e.appendFrameHead(&frames[i].Header, len(frames[i].Payload), max); err != nil {
+			return err
+		}
+		ends[i] = e.buf.Len()
+	}
+	b := e.buf.Bytes()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.writeCheck(); err != nil {
+		return err
+	}
+	start := 0
+	for i := range frames {
+		c.w.Write(b[start:ends[i]])
+		c.w.Write(frames[i].Payload)
+		start = ends[i]
+	}
+	return c.flushLocked()
+}
+
+func (c *Conn) writeCheck() error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	return c.werr
+}
+
+func (c *Conn) flushLocked() error {
+	if err := c.w.Flush(); err != nil {
+		if c.closed.Load() {
+			err = ErrClosed
+		}
+		c.werr = err
+		return err
+	}
+	return nil
+}
+
+// Close closes the underlying stream, which unblocks a pending Read or
+// Write. It is idempotent and safe for concurrent use: the first call
+// returns the underlying Close error, later calls return nil. Frames
+// already returned by Write have been flushed; nothing else is sent.
+func (c *Conn) Close() error {
+	first := false
+	c.closeOnce.Do(func() {
+		first = true
+		c.closed.Store(true)
+		c.closeErr = c.rw.Close()
+	})
+	if first {
+		return c.closeErr
+	}
+	return nil
+}
