@@ -159,7 +159,7 @@ func (r *Root) TakeOver(ctx context.Context) error {
 		if slices.Contains(offered, c) {
 			enable = append(enable, c)
 		} else {
-			r.log.Warn("cgroup controller not available; limits that need it will be refused", "controller", c, "root", r.dir, "offered", strings.Join(offered, " "))
+			r.log.Info("cgroup controller not available; limits that need it will be refused", "controller", c, "root", r.dir, "offered", strings.Join(offered, " "))
 		}
 	}
 	if err := r.EnableControllers(enable...); err != nil {

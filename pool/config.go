@@ -1,0 +1,127 @@
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Kind is what a pool's slots run.
+type Kind string
+
+const (
+	// KindWorker pools run a long-lived worker program that speaks the
+	// worker protocol on fd 3; tasks carry opaque payloads.
+	KindWorker Kind = "worker"
+	// KindExec pools run a client-given argv per task and return its exit
+	// status and (bounded) output.
+	KindExec Kind = "exec"
+)
+
+// DisconnectPolicy says what happens to a client's tasks when it goes away.
+type DisconnectPolicy string
+
+const (
+	CancelQueued DisconnectPolicy = "cancel_queued" // default: queued tasks are cancelled; running ones finish
+	Continue     DisconnectPolicy = "continue"      // everything runs; outcomes are dropped
+	Terminate    DisconnectPolicy = "terminate"     // queued tasks cancelled, running ones killed
+)
+
+// Config is one pool's settings. The zero value of a field means its
+// default (see Defaults).
+type Config struct {
+	Name    string   `toml:"name"`
+	Kind    Kind     `toml:"kind"`
+	Command []string `toml:"command"` // the worker program (worker pools)
+
+	MaxWorkers       int           `toml:"max_workers"`
+	MinWorkers       *int          `toml:"min_workers"` // nil: = MaxWorkers
+	IdleDelay        time.Duration `toml:"idle_delay"`  // idle time before a worker above MinWorkers retires
+	MaxTasksPerChild int           `toml:"max_tasks_per_child"`
+	// MaxWorkerMemoryBytes retires a worker whose slot (children included)
+	// uses at least this much after a task.
+	MaxWorkerMemoryBytes int64 `toml:"max_worker_memory_bytes"`
+	// TrimThresholdBytes asks a worker to give memory back after a task
+	// when its slot uses at least this much.
+	TrimThresholdBytes int64 `toml:"trim_threshold_bytes"`
+
+	MemoryMax  int64  `toml:"memory_max"`  // per worker slot, bytes
+	MemoryHigh int64  `toml:"memory_high"` // per worker slot, bytes
+	PidsMax    int64  `toml:"pids_max"`
+	CPUWeight  uint64 `toml:"cpu_weight"`
+	CPUMax     string `toml:"cpu_max"`
+
+	MaxBacklog     int               `toml:"max_backlog"`
+	Env            map[string]string `toml:"env"`
+	UID            *uint32           `toml:"uid"`
+	GID            *uint32           `toml:"gid"`
+	DefaultTimeout time.Duration     `toml:"default_timeout"`
+	// OutputLimit bounds the captured stdout and stderr of an exec task,
+	// each.
+	OutputLimit  int64            `toml:"output_limit"`
+	OnDisconnect DisconnectPolicy `toml:"on_disconnect"`
+}
+
+// Defaults.
+const (
+	DefaultMaxBacklog  = 1000
+	DefaultIdleDelay   = 10 * time.Second
+	DefaultOutputLimit = 1 << 20
+)
+
+var poolNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// normalize fills defaults and checks the settings.
+func (c Config) normalize() (Config, error) {
+	if !poolNameRE.MatchString(c.Name) {
+		return c, fmt.Errorf("pool name %q: must match %s", c.Name, poolNameRE)
+	}
+	if c.Kind == "" {
+		c.Kind = KindExec
+	}
+	switch c.Kind {
+	case KindExec:
+	case KindWorker:
+		if len(c.Command) == 0 {
+			return c, fmt.Errorf("pool %s: a worker pool needs a command", c.Name)
+		}
+	default:
+		return c, fmt.Errorf("pool %s: kind %q is neither %q nor %q", c.Name, c.Kind, KindWorker, KindExec)
+	}
+	if c.MaxWorkers <= 0 {
+		return c, fmt.Errorf("pool %s: max_workers must be at least 1", c.Name)
+	}
+	if c.MinWorkers == nil {
+		m := c.MaxWorkers
+		c.MinWorkers = &m
+	}
+	if *c.MinWorkers < 0 || *c.MinWorkers > c.MaxWorkers {
+		return c, fmt.Errorf("pool %s: min_workers %d must be in 0..max_workers (%d)", c.Name, *c.MinWorkers, c.MaxWorkers)
+	}
+	if c.IdleDelay <= 0 {
+		c.IdleDelay = DefaultIdleDelay
+	}
+	if c.MaxBacklog == 0 {
+		c.MaxBacklog = DefaultMaxBacklog
+	}
+	if c.OutputLimit <= 0 {
+		c.OutputLimit = DefaultOutputLimit
+	}
+	switch c.OnDisconnect {
+	case "":
+		c.OnDisconnect = CancelQueued
+	case CancelQueued, Continue, Terminate:
+	default:
+		return c, fmt.Errorf("pool %s: on_disconnect %q is not one of cancel_queued, continue, terminate", c.Name, c.OnDisconnect)
+	}
+	for _, v := range []int64{int64(c.MaxTasksPerChild), c.MaxWorkerMemoryBytes, c.TrimThresholdBytes, c.MemoryMax, c.MemoryHigh, c.PidsMax, c.OutputLimit} {
+		if v < 0 {
+			return c, fmt.Errorf("pool %s: negative limit %d", c.Name, v)
+		}
+	}
+	if c.DefaultTimeout < 0 {
+		return c, errors.New("default_timeout must not be negative")
+	}
+	return c, nil
+}

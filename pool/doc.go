@@ -1,0 +1,25 @@
+// Package pool is cgpool's supervisor: named pools of worker slots, each
+// slot a cgroup subtree <root>/<pool>/w-<n> carrying the pool's limits,
+// with the worker (or, in exec pools, the task's command) in the leaf
+// w-<n>/worker. It owns the task state machine (queued, running, one
+// terminal outcome), worker lifecycle (start, retire, replace, scale
+// between min and max), statistics, shutdown, and the unix-socket server
+// that speaks package ipc's client protocol.
+//
+// The supervisor owns every deadline: a timeout or a hard cancel writes
+// cgroup.kill on the slot, so a task that ignores every signal or never
+// yields the CPU still ends on time, and so does everything it started.
+// Why a worker died is decided by oomwatch.Classify from the slot's OOM
+// counters, read after the worker was reaped and before the slot is removed.
+//
+// Worker start-up policy: a worker that fails to start, or exits before it
+// says hello, fails the oldest queued task with a process error (reason
+// crashed, with the start error), so that a broken worker program never
+// leaves a task waiting; the slot then tries again after a back-off. A
+// worker whose initializer fails (hello carries init_error) is logged and
+// counted (initializer_failures) and serves tasks anyway, as Deadpool does.
+//
+// Goroutines: each slot has one goroutine (owned by its Pool, joined by
+// Shutdown), each worker process one reader of its socket and the one
+// waiter of package spawn. Pool and Supervisor are safe for concurrent use.
+package pool

@@ -1,0 +1,147 @@
+package pool
+
+import (
+	"context"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cgpool/cgpool/oomwatch"
+	"github.com/cgpool/cgpool/spawn"
+)
+
+// capture reads a pipe to its end, keeping at most limit bytes.
+type capture struct {
+	buf       []byte
+	truncated bool
+}
+
+func (c *capture) fill(r io.Reader, limit int64, wg *sync.WaitGroup) {
+	defer wg.Done()
+	chunk := make([]byte, 32*1024)
+	for {
+		n, err := r.Read(chunk)
+		if n > 0 {
+			room := int(limit) - len(c.buf)
+			if n > room {
+				c.truncated = true
+				n = max(room, 0)
+			}
+			c.buf = append(c.buf, chunk[:n]...)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// runExec runs one command in the slot's leaf and reports its exit status
+// and output. Whatever the command leaves running in the slot is killed
+// before the slot takes another task.
+func (s *slot) runExec(t *Task) {
+	p := s.p
+	before, _, _ := oomwatch.Read(s.group)
+	restore := s.taskMemory(t)
+	defer restore()
+
+	// Each command sees the pool's environment current when it starts.
+	p.mu.Lock()
+	if !maps.Equal(s.envVars, p.env) {
+		s.env, s.envVars = s.envLocked(s.name), maps.Clone(p.env)
+	}
+	p.mu.Unlock()
+	env := s.env
+	if len(t.spec.Env) > 0 {
+		env = slices.Clone(env)
+		for _, k := range slices.Sorted(maps.Keys(t.spec.Env)) {
+			env = append(env, k+"="+t.spec.Env[k])
+		}
+	}
+
+	var out, errOut capture
+	var wg sync.WaitGroup
+	ro, wo, err := os.Pipe()
+	if err != nil {
+		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
+		return
+	}
+	re, we, err := os.Pipe()
+	if err != nil {
+		ro.Close()
+		wo.Close()
+		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
+		return
+	}
+	proc, err := spawn.Start(spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.credential()})
+	wo.Close()
+	we.Close()
+	if err != nil {
+		ro.Close()
+		re.Close()
+		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: err.Error(), Leaf: s.leafPath})
+		return
+	}
+	wg.Add(2)
+	go out.fill(ro, p.cfg.OutputLimit, &wg)
+	go errOut.fill(re, p.cfg.OutputLimit, &wg)
+	pid := proc.Pid()
+	p.mu.Lock()
+	s.pid = pid
+	p.mu.Unlock()
+	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
+
+	var timeoutC <-chan time.Time
+	if t.spec.Timeout > 0 {
+		timer := time.NewTimer(t.spec.Timeout)
+		defer timer.Stop()
+		timeoutC = timer.C
+	}
+	var kill oomwatch.Reason
+	select {
+	case <-proc.Done():
+	case <-timeoutC:
+		kill = oomwatch.Timeout
+	case <-t.kill:
+		kill = oomwatch.Cancel
+	}
+	if kill != "" {
+		if err := s.group.Kill(); err != nil {
+			p.log.Error("cgroup.kill failed", "slot", s.group.Path(), "err", err)
+		}
+	}
+	e := waitExit(proc, teardownTimeout)
+	proc.Close()
+	// Nothing outlives its task: kill what the command left in the slot.
+	if pop, _ := s.group.Populated(); pop {
+		n := len(s.procs())
+		_ = s.group.Kill()
+		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+		if err := s.group.WaitEmpty(ctx); err != nil {
+			p.log.Error("a task's leftovers did not die", "slot", s.group.Path(), "err", err)
+		}
+		cancel()
+		if kill == "" {
+			p.mu.Lock()
+			p.stats.LeftoverProcessesKilled += int64(n)
+			p.mu.Unlock()
+		}
+	}
+	wg.Wait() // every writer of the pipes is dead now
+	ro.Close()
+	re.Close()
+	p.mu.Lock()
+	s.pid = 0
+	p.mu.Unlock()
+
+	base := Outcome{Pid: pid, Leaf: s.leafPath, Stdout: out.buf, Stderr: errOut.buf, StdoutTruncated: out.truncated, StderrTruncated: errOut.truncated}
+	o := s.classify(t, base, before, kill, e)
+	if o.Kind == ProcessError && o.Reason == oomwatch.Crashed {
+		// A command that exits by itself, whatever its status, has a result.
+		o.Kind, o.Reason, o.Message = Result, "", ""
+		o.ExitCode = e.Code
+	}
+	s.finish(t, o)
+}

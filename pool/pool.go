@@ -1,0 +1,548 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cgpool/cgpool/cgroup"
+	"github.com/cgpool/cgpool/sched"
+)
+
+// Pool is one named pool of worker slots.
+type Pool struct {
+	cfg    Config
+	group  *cgroup.Group
+	ctrl   []string // controllers offered to slots
+	limits cgroup.Limits
+	log    *slog.Logger
+	base   []string // the environment every worker or command starts from
+
+	mu         sync.Mutex
+	queue      *sched.Queue[*Task]
+	byID       map[uint64]*Task
+	slots      map[*slot]struct{}
+	idle       []*slot
+	starting   int
+	nextID     uint64
+	nextSeq    int
+	env        map[string]string
+	recycleGen int
+	draining   bool
+	stopping   bool
+	stopCh     chan struct{} // closed when stopping
+	killAll    chan struct{} // closed when running work must be killed
+	killOnce   sync.Once
+	room       chan struct{} // closed and replaced when the backlog has room again
+	expiry     *time.Timer
+	deadline   *time.Timer // shutdown deadline
+	stats      Stats
+
+	wg sync.WaitGroup // slot goroutines
+}
+
+// newPool creates the pool's group below parent and starts MinWorkers
+// slots. ctrl are the controllers the root enabled.
+func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log *slog.Logger) (*Pool, error) {
+	cfg, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	zero := int64(0)
+	lim := cgroup.Limits{MemoryMax: cfg.MemoryMax, MemoryHigh: cfg.MemoryHigh, PidsMax: cfg.PidsMax, CPUWeight: cfg.CPUWeight, CPUMax: cfg.CPUMax}
+	if cfg.MemoryMax != 0 || cfg.MemoryHigh != 0 {
+		lim.MemorySwapMax = &zero // deterministic OOM: no swapping past memory.max
+	}
+	if slices.Contains(ctrl, "memory") {
+		lim.OOMGroup = true // an OOM kill takes the whole slot, never half a worker
+	}
+	for _, c := range lim.Controllers() {
+		if !slices.Contains(ctrl, c) {
+			return nil, fmt.Errorf("pool %s: its limits need the %s controller, which cgroup v2 does not offer here (controllers: %q); on a hybrid cgroup v1/v2 host like this one, run on a pure cgroup v2 host or in the VM (scripts/vm-test.sh): %w",
+				cfg.Name, c, ctrl, cgroup.ErrControllerUnavailable)
+		}
+	}
+	g, err := parent.Mkdir(cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %w", cfg.Name, err)
+	}
+	if err := g.EnableControllers(ctrl...); err != nil {
+		_ = g.Remove()
+		return nil, fmt.Errorf("pool %s: %w", cfg.Name, err)
+	}
+	p := &Pool{
+		cfg: cfg, group: g, ctrl: ctrl, limits: lim, log: log.With("pool", cfg.Name), base: base,
+		queue: sched.New[*Task](cfg.MaxBacklog), byID: map[uint64]*Task{}, slots: map[*slot]struct{}{},
+		env: maps.Clone(cfg.Env), stopCh: make(chan struct{}), killAll: make(chan struct{}), room: make(chan struct{}),
+	}
+	if p.env == nil {
+		p.env = map[string]string{}
+	}
+	p.stats.MaxWorkers, p.stats.MinWorkers = cfg.MaxWorkers, *cfg.MinWorkers
+	p.mu.Lock()
+	for range *cfg.MinWorkers {
+		p.startSlotLocked()
+	}
+	p.mu.Unlock()
+	return p, nil
+}
+
+// Name returns the pool's name.
+func (p *Pool) Name() string { return p.cfg.Name }
+
+// Config returns the pool's settings with defaults filled in.
+func (p *Pool) Config() Config { return p.cfg }
+
+// Submit validates spec and queues it. notify receives the task's events
+// (Running, then one Done) from the pool's goroutines; it must not block
+// for long and must not call back into the pool synchronously. Submit
+// blocks only when the backlog is full and spec.Hold is set, until there is
+// room or ctx ends. Errors: a *RejectError (errors.Is with ErrQueueFull,
+// ErrDraining, ErrInvalid), or ctx.Err() while holding.
+func (p *Pool) Submit(ctx context.Context, spec Spec, notify func(Event)) (*Task, error) {
+	if err := p.validate(&spec); err != nil {
+		p.mu.Lock()
+		p.stats.TasksRejected++
+		p.mu.Unlock()
+		return nil, err
+	}
+	if notify == nil {
+		notify = func(Event) {}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		if p.draining {
+			p.stats.TasksRejected++
+			return nil, errDraining
+		}
+		p.nextID++
+		t := &Task{id: p.nextID, spec: spec, notify: notify, kill: make(chan struct{})}
+		it := sched.Item[*Task]{ID: t.id, Priority: spec.Priority, Client: spec.Client, Value: t}
+		if spec.QueueTimeout > 0 {
+			it.Deadline = time.Now().Add(spec.QueueTimeout)
+		}
+		err := p.queue.Push(it)
+		if errors.Is(err, sched.ErrFull) {
+			if !spec.Hold {
+				p.stats.TasksRejected++
+				return nil, errFull(p.queue.Len())
+			}
+			room := p.room
+			p.mu.Unlock()
+			select {
+			case <-room:
+				p.mu.Lock()
+				continue
+			case <-ctx.Done():
+				p.mu.Lock()
+				return nil, ctx.Err()
+			}
+		}
+		if err != nil {
+			p.stats.TasksRejected++
+			return nil, errInvalid("%v", err)
+		}
+		p.byID[t.id] = t
+		p.stats.TasksReceived++
+		p.dispatchLocked()
+		if !it.Deadline.IsZero() {
+			p.armExpiryLocked()
+		}
+		return t, nil
+	}
+}
+
+func (p *Pool) validate(s *Spec) error {
+	switch {
+	case s.Priority < 0:
+		return errInvalid("priority %d: must be >= 0", s.Priority)
+	case s.Timeout < 0 || s.QueueTimeout < 0:
+		return errInvalid("negative timeout")
+	case s.MemoryMax < 0:
+		return errInvalid("negative memory limit")
+	case p.cfg.Kind == KindExec && len(s.Argv) == 0:
+		return errInvalid("pool %s runs commands: the task needs an argv", p.cfg.Name)
+	case p.cfg.Kind == KindWorker && len(s.Argv) != 0:
+		return errInvalid("pool %s runs a worker program: a task carries a payload, not an argv", p.cfg.Name)
+	}
+	if s.MemoryMax > 0 {
+		if !slices.Contains(p.ctrl, "memory") {
+			return errInvalid("memory limit %d: the memory controller is not available to cgroup v2 here (controllers: %q); use a pure cgroup v2 host or the VM (scripts/vm-test.sh)", s.MemoryMax, p.ctrl)
+		}
+		if p.cfg.MemoryMax > 0 && s.MemoryMax > p.cfg.MemoryMax {
+			return errInvalid("memory limit %d above the pool's memory_max %d", s.MemoryMax, p.cfg.MemoryMax)
+		}
+	}
+	if s.Timeout == 0 {
+		s.Timeout = p.cfg.DefaultTimeout
+	}
+	return nil
+}
+
+// dispatchLocked wakes idle slots for queued tasks and starts new slots
+// while there is more work than hands, up to MaxWorkers.
+func (p *Pool) dispatchLocked() {
+	n := p.queue.Len()
+	for n > 0 && len(p.idle) > 0 {
+		s := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+		n--
+	}
+	for n > p.starting && len(p.slots) < p.cfg.MaxWorkers && !p.stopping {
+		p.startSlotLocked()
+		n--
+	}
+}
+
+func (p *Pool) startSlotLocked() {
+	s := &slot{p: p, wake: make(chan struct{}, 1), state: "starting"}
+	p.slots[s] = struct{}{}
+	p.starting++
+	p.wg.Add(1)
+	go s.run()
+}
+
+// signalRoomLocked tells held submitters that the backlog has room.
+func (p *Pool) signalRoomLocked() {
+	close(p.room)
+	p.room = make(chan struct{})
+}
+
+// armExpiryLocked arms the one timer for the earliest queue deadline.
+func (p *Pool) armExpiryLocked() {
+	dl, ok := p.queue.NextDeadline()
+	if !ok {
+		return
+	}
+	d := max(0, time.Until(dl))
+	if p.expiry == nil {
+		p.expiry = time.AfterFunc(d, p.expire)
+	} else {
+		p.expiry.Reset(d)
+	}
+}
+
+// expire fails the tasks whose queue deadline passed.
+func (p *Pool) expire() {
+	p.mu.Lock()
+	items := p.queue.Expire(time.Now())
+	var outs []*Task
+	for _, it := range items {
+		t := it.Value
+		t.state = done
+		delete(p.byID, t.id)
+		p.countLocked(&Outcome{Kind: QueueTimeout})
+		outs = append(outs, t)
+	}
+	if len(items) > 0 {
+		p.signalRoomLocked()
+	}
+	p.armExpiryLocked()
+	p.mu.Unlock()
+	for _, t := range outs {
+		t.notify(Event{Outcome: &Outcome{Kind: QueueTimeout, Message: fmt.Sprintf("not started within %v", t.spec.QueueTimeout)}})
+	}
+}
+
+// countLocked updates the statistics for a terminal outcome.
+func (p *Pool) countLocked(o *Outcome) {
+	switch {
+	case o.Kind == Result:
+		p.stats.TasksSucceeded++
+	case o.Kind == Cancelled:
+		p.stats.TasksCancelled++
+	default:
+		p.stats.TasksFailed++
+		if p.stats.FailuresByReason == nil {
+			p.stats.FailuresByReason = map[string]int64{}
+		}
+		reason := string(o.Kind)
+		if o.Kind == ProcessError {
+			reason = string(o.Reason)
+		}
+		p.stats.FailuresByReason[reason]++
+	}
+}
+
+// Cancel cancels the task with id. A queued task is cancelled and never
+// starts (ok, "queued"). A running task is killed with its whole slot only
+// when hard is set (ok, "running"); otherwise it is left to finish and ok
+// is false, as concurrent.futures does. A finished or unknown id gives
+// false and "done".
+func (p *Pool) Cancel(id uint64, hard bool) (ok bool, state string) {
+	p.mu.Lock()
+	t := p.byID[id]
+	if t == nil {
+		p.mu.Unlock()
+		return false, "done"
+	}
+	switch t.state {
+	case queued:
+		p.queue.Remove(id)
+		p.signalRoomLocked()
+		t.state = done
+		delete(p.byID, id)
+		p.countLocked(&Outcome{Kind: Cancelled})
+		p.mu.Unlock()
+		t.notify(Event{Outcome: &Outcome{Kind: Cancelled, Message: "cancelled before it started"}})
+		return true, "queued"
+	case running:
+		if hard && !t.killed {
+			t.killed = true
+			close(t.kill)
+		}
+		p.mu.Unlock()
+		return hard, "running"
+	}
+	p.mu.Unlock()
+	return false, "done"
+}
+
+// ForgetClient applies the disconnect policy to a client's tasks.
+func (p *Pool) ForgetClient(client uint64) {
+	if p.cfg.OnDisconnect == Continue {
+		return
+	}
+	p.mu.Lock()
+	items := p.queue.RemoveClient(client)
+	var cancelled []*Task
+	for _, it := range items {
+		t := it.Value
+		t.state = done
+		delete(p.byID, t.id)
+		p.countLocked(&Outcome{Kind: Cancelled})
+		cancelled = append(cancelled, t)
+	}
+	if len(items) > 0 {
+		p.signalRoomLocked()
+	}
+	if p.cfg.OnDisconnect == Terminate {
+		for _, t := range p.byID {
+			if t.spec.Client == client && t.state == running && !t.killed {
+				t.killed = true
+				close(t.kill)
+			}
+		}
+	}
+	p.mu.Unlock()
+	for _, t := range cancelled {
+		t.notify(Event{Outcome: &Outcome{Kind: Cancelled, Message: "the client disconnected"}})
+	}
+}
+
+// SetEnv changes the environment that workers started from now on get
+// (running workers keep theirs until Recycle). replace drops variables
+// not in env.
+func (p *Pool) SetEnv(env map[string]string, replace bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if replace {
+		p.env = maps.Clone(env)
+		if p.env == nil {
+			p.env = map[string]string{}
+		}
+		return
+	}
+	maps.Copy(p.env, env)
+}
+
+// Env returns a copy of the pool's current environment additions.
+func (p *Pool) Env() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.env)
+}
+
+// Recycle retires every worker started before the call: idle ones at once,
+// busy ones when their task ends. Every task that starts after Recycle
+// returns runs on a worker started after it, with the environment current
+// then.
+func (p *Pool) Recycle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.recycleGen++
+	for _, s := range p.idle {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	p.idle = nil
+}
+
+// Stats returns a snapshot of the statistics.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.stats
+	st.FailuresByReason = maps.Clone(p.stats.FailuresByReason)
+	if st.FailuresByReason == nil {
+		st.FailuresByReason = map[string]int64{}
+	}
+	st.TasksQueued = int64(p.queue.Len())
+	for s := range p.slots {
+		if s.pid == 0 {
+			continue
+		}
+		st.WorkerProcessesStillAlive++
+		switch s.state {
+		case "busy":
+			st.WorkerProcessesBusy++
+		case "idle":
+			st.WorkerProcessesIdle++
+		}
+	}
+	st.TasksRunning = st.WorkerProcessesBusy
+	return st
+}
+
+// Status returns each worker slot's state.
+func (p *Pool) Status() Status {
+	p.mu.Lock()
+	slots := slices.Collect(maps.Keys(p.slots))
+	ws := make([]WorkerStatus, 0, len(slots))
+	groups := make([]*cgroup.Group, 0, len(slots))
+	for _, s := range slots {
+		w := WorkerStatus{Slot: s.name, Pid: s.pid, Leaf: s.leafPath, State: s.state, TasksDone: s.tasksDone}
+		if s.task != nil {
+			w.Task = s.task.id
+		}
+		ws = append(ws, w)
+		groups = append(groups, s.groupRef)
+	}
+	p.mu.Unlock()
+	for i, g := range groups {
+		if g == nil {
+			continue
+		}
+		ws[i].MemoryCurrent, _ = g.MemoryCurrent()
+		ws[i].MemoryPeak, _ = g.MemoryPeak()
+	}
+	slices.SortFunc(ws, func(a, b WorkerStatus) int { return cmpSlot(a.Slot, b.Slot) })
+	return Status{Pool: p.cfg.Name, Kind: p.cfg.Kind, Workers: ws}
+}
+
+func cmpSlot(a, b string) int {
+	if len(a) != len(b) {
+		return len(a) - len(b)
+	}
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// ShutdownOptions are Deadpool's shutdown arguments plus a deadline.
+type ShutdownOptions struct {
+	// Wait: running tasks finish (and, without CancelFutures, queued ones
+	// run too) before Shutdown returns.
+	Wait bool
+	// CancelFutures: queued tasks are cancelled. Without Wait, running
+	// tasks are killed and cancelled too.
+	CancelFutures bool
+	// Deadline, if positive, bounds how long running work may go on; then
+	// it is killed and cancelled.
+	Deadline time.Duration
+}
+
+// Shutdown stops accepting tasks and winds the pool down as Deadpool's
+// matrix says:
+//
+//	wait  cancel  effect
+//	true  true    running tasks finish; queued ones are cancelled
+//	true  false   running and queued tasks all run
+//	false true    running tasks are killed (cancelled); queued ones cancelled
+//	false false   running tasks finish; queued ones are cancelled
+//
+// With Wait it blocks until every slot has exited and the pool's cgroups
+// are gone (or ctx ends); without, it returns at once and Wait does that.
+// It never fails because the backlog is full, and it is idempotent.
+func (p *Pool) Shutdown(ctx context.Context, o ShutdownOptions) error {
+	p.mu.Lock()
+	p.draining = true
+	var cancelled []*Task
+	if o.CancelFutures || !o.Wait {
+		for _, it := range p.queue.Drain() {
+			t := it.Value
+			t.state = done
+			delete(p.byID, t.id)
+			p.countLocked(&Outcome{Kind: Cancelled})
+			cancelled = append(cancelled, t)
+		}
+	}
+	p.signalRoomLocked() // held submitters wake up and see draining
+	if !o.Wait && o.CancelFutures {
+		p.killRunningLocked()
+	}
+	if !p.stopping {
+		p.stopping = true
+		close(p.stopCh)
+	}
+	if p.expiry != nil {
+		p.expiry.Stop()
+	}
+	p.mu.Unlock()
+	for _, t := range cancelled {
+		t.notify(Event{Outcome: &Outcome{Kind: Cancelled, Message: "cancelled by shutdown"}})
+	}
+	if o.Deadline > 0 {
+		p.mu.Lock()
+		if p.deadline == nil {
+			p.deadline = time.AfterFunc(o.Deadline, func() {
+				p.mu.Lock()
+				p.killRunningLocked()
+				p.mu.Unlock()
+			})
+		}
+		p.mu.Unlock()
+	}
+	if !o.Wait {
+		return nil
+	}
+	return p.Wait(ctx)
+}
+
+func (p *Pool) killRunningLocked() {
+	for _, t := range p.byID {
+		if t.state == running && !t.killed {
+			t.killed = true
+			close(t.kill)
+		}
+	}
+	p.killOnce.Do(func() { close(p.killAll) })
+}
+
+// Wait blocks until every slot goroutine has exited after Shutdown, then
+// removes the pool's group. It returns ctx.Err() if ctx ends first.
+func (p *Pool) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	p.mu.Lock()
+	if p.deadline != nil {
+		p.deadline.Stop()
+	}
+	p.mu.Unlock()
+	return p.group.Destroy(context.WithoutCancel(ctx), 10*time.Second)
+}

@@ -1,0 +1,349 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cgpool/cgpool/internal/kerneltest"
+	"github.com/cgpool/cgpool/oomwatch"
+	"github.com/cgpool/cgpool/pool"
+	"golang.org/x/sys/unix"
+)
+
+func intp(n int) *int { return &n }
+
+// newPool starts a supervisor with one worker pool running this test
+// binary as its worker program, and shuts it down when the test ends.
+func newPool(t *testing.T, mod func(*pool.Config)) (*pool.Supervisor, *pool.Pool) {
+	t.Helper()
+	r := kerneltest.NewRoot(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := pool.Config{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1,
+		Env: map[string]string{"CGPOOL_TEST_WORKER": "1"}}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := pool.NewSupervisor(r, []pool.Config{cfg}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx, pool.ShutdownOptions{Wait: true, CancelFutures: true}); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	p, err := s.Pool("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, p
+}
+
+// future collects a task's events.
+type future struct {
+	running chan pool.Event
+	done    chan *pool.Outcome
+}
+
+func newFuture() *future {
+	return &future{running: make(chan pool.Event, 1), done: make(chan *pool.Outcome, 1)}
+}
+
+func (f *future) notify(e pool.Event) {
+	if e.Running {
+		f.running <- e
+		return
+	}
+	f.done <- e.Outcome
+}
+
+func (f *future) wait(t *testing.T, d time.Duration) *pool.Outcome {
+	t.Helper()
+	select {
+	case o := <-f.done:
+		return o
+	case <-time.After(d):
+		t.Fatalf("no outcome within %v", d)
+		return nil
+	}
+}
+
+func submit(t *testing.T, p *pool.Pool, spec pool.Spec) *future {
+	t.Helper()
+	f := newFuture()
+	if _, err := p.Submit(context.Background(), spec, f.notify); err != nil {
+		t.Fatalf("Submit(%q): %v", spec.Payload, err)
+	}
+	return f
+}
+
+func run(t *testing.T, p *pool.Pool, payload string) *pool.Outcome {
+	t.Helper()
+	return submit(t, p, pool.Spec{Payload: []byte(payload)}).wait(t, 30*time.Second)
+}
+
+func TestResultAndTaskError(t *testing.T) {
+	_, p := newPool(t, nil)
+	if o := run(t, p, "echo:hi"); o.Kind != pool.Result || string(o.Payload) != "hi" || o.Pid == 0 || o.Leaf == "" {
+		t.Errorf("echo: %+v", o)
+	}
+	if o := run(t, p, "fail:boom"); o.Kind != pool.TaskError || o.Message != "boom" {
+		t.Errorf("fail: %+v", o)
+	}
+}
+
+// TestWorkerKilledFromOutside: acceptance 1.
+func TestWorkerKilledFromOutside(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			_, p := newPool(t, func(c *pool.Config) { c.MaxWorkers = 2 })
+			// Two workers busy: one is the victim, the other must be unharmed.
+			victim := submit(t, p, pool.Spec{Payload: []byte("sleep:60000")})
+			other := submit(t, p, pool.Spec{Payload: []byte("sleep:300")})
+			ev := <-victim.running
+			<-other.running
+			created := p.Stats().WorkerProcessesCreated
+			if err := unix.Kill(ev.Pid, sig); err != nil {
+				t.Fatal(err)
+			}
+			o := victim.wait(t, 10*time.Second)
+			if o.Kind != pool.ProcessError || o.Reason != oomwatch.Killed || o.Signal != int(sig) || o.Pid != ev.Pid {
+				t.Errorf("victim outcome %+v, want process error killed by %d with pid %d", o, sig, ev.Pid)
+			}
+			if o := other.wait(t, 10*time.Second); o.Kind != pool.Result {
+				t.Errorf("the other in-flight task: %+v", o)
+			}
+			if o := run(t, p, "echo:next"); o.Kind != pool.Result {
+				t.Errorf("next task: %+v", o)
+			}
+			if got := p.Stats().WorkerProcessesCreated; got != created+1 {
+				t.Errorf("worker_processes_created = %d, want %d", got, created+1)
+			}
+		})
+	}
+	t.Run("idle", func(t *testing.T) {
+		_, p := newPool(t, nil)
+		pid, _ := strconv.Atoi(string(run(t, p, "pid").Payload))
+		created := p.Stats().WorkerProcessesCreated
+		if err := unix.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for p.Stats().WorkerProcessesCreated != created+1 {
+			if time.Now().After(deadline) {
+				t.Fatal("the killed idle worker was not replaced within 10s")
+			}
+			time.Sleep(time.Millisecond) // polling the replacement with a deadline
+		}
+		o := run(t, p, "pid")
+		if o.Kind != pool.Result || string(o.Payload) == strconv.Itoa(pid) {
+			t.Errorf("task after an idle worker was killed: %+v", o)
+		}
+		st := p.Stats()
+		if st.TasksFailed != 0 {
+			t.Errorf("tasks_failed = %d after an idle worker died", st.TasksFailed)
+		}
+	})
+}
+
+func pidAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := len(s) - 1
+	for i > 0 && s[i] != ')' {
+		i--
+	}
+	return i+2 < len(s) && s[i+2] != 'Z'
+}
+
+// TestTimeoutKillsTree: acceptance 3 and 4.
+func TestTimeoutKillsTree(t *testing.T) {
+	_, p := newPool(t, nil)
+	pidFile := filepath.Join(t.TempDir(), "daemon.pid")
+	for _, tc := range []struct{ name, payload string }{{"daemon", "daemon:" + pidFile}, {"spin", "spin"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			f := submit(t, p, pool.Spec{Payload: []byte(tc.payload), Timeout: 500 * time.Millisecond})
+			ev := <-f.running
+			o := f.wait(t, 10*time.Second)
+			took := time.Since(start)
+			if o.Kind != pool.TimedOut {
+				t.Fatalf("outcome %+v, want timeout", o)
+			}
+			if took > 1500*time.Millisecond {
+				t.Errorf("timeout reported after %v, want within timeout + 1s", took)
+			}
+			pids := []int{ev.Pid}
+			if b, err := os.ReadFile(pidFile); err == nil && tc.name == "daemon" {
+				n, _ := strconv.Atoi(string(b))
+				pids = append(pids, n)
+			} else if tc.name == "daemon" {
+				t.Fatalf("the daemon never wrote its pid: %v", err)
+			}
+			for _, pid := range pids {
+				if pidAlive(pid) {
+					t.Errorf("pid %d of the timed-out task's tree is still alive", pid)
+				}
+			}
+		})
+	}
+	if st := p.Stats(); st.TasksFailed != 2 || st.FailuresByReason["timeout"] != 2 {
+		t.Errorf("tasks_failed = %d, failures %v; want each timeout counted once", st.TasksFailed, st.FailuresByReason)
+	}
+}
+
+// TestPriorityOrder: acceptance 5.
+func TestPriorityOrder(t *testing.T) {
+	_, p := newPool(t, nil)
+	busy := submit(t, p, pool.Spec{Payload: []byte("sleep:300")})
+	<-busy.running
+	var mu sync.Mutex
+	var order []string
+	var fs []*future
+	for i, prio := range []int{5, 1, 3, 0, 1} {
+		f := newFuture()
+		name := strconv.Itoa(prio) + "/" + strconv.Itoa(i)
+		notify := func(e pool.Event) {
+			if e.Running {
+				mu.Lock()
+				order = append(order, name)
+				mu.Unlock()
+			}
+			f.notify(e)
+		}
+		if _, err := p.Submit(context.Background(), pool.Spec{Payload: []byte("echo:x"), Priority: prio}, notify); err != nil {
+			t.Fatal(err)
+		}
+		fs = append(fs, f)
+	}
+	for _, f := range fs {
+		f.wait(t, 10*time.Second)
+	}
+	want := []string{"0/3", "1/1", "1/4", "3/2", "5/0"}
+	if !slices.Equal(order, want) {
+		t.Errorf("start order %v, want %v", order, want)
+	}
+	if _, err := p.Submit(context.Background(), pool.Spec{Payload: []byte("x"), Priority: -1}, nil); !errors.Is(err, pool.ErrInvalid) {
+		t.Errorf("negative priority: %v, want ErrInvalid", err)
+	}
+}
+
+// TestMaxTasksPerChild: acceptance 7.
+func TestMaxTasksPerChild(t *testing.T) {
+	for _, tc := range []struct{ max, want int }{{1, 10}, {100, 1}} {
+		t.Run(strconv.Itoa(tc.max), func(t *testing.T) {
+			_, p := newPool(t, func(c *pool.Config) { c.MaxTasksPerChild = tc.max })
+			pids := map[string]bool{}
+			for range 10 {
+				pids[string(run(t, p, "pid").Payload)] = true
+			}
+			if len(pids) != tc.want {
+				t.Errorf("%d distinct pids, want %d", len(pids), tc.want)
+			}
+		})
+	}
+}
+
+// TestEnvironment: acceptance 9.
+func TestEnvironment(t *testing.T) {
+	_, p := newPool(t, func(c *pool.Config) { c.Env["COLOR"] = "red" })
+	if got := string(run(t, p, "env:COLOR").Payload); got != "red" {
+		t.Fatalf("COLOR = %q, want red", got)
+	}
+	o := submit(t, p, pool.Spec{Payload: []byte("env:EXTRA"), Env: map[string]string{"EXTRA": "only-me"}}).wait(t, 10*time.Second)
+	if string(o.Payload) != "only-me" {
+		t.Errorf("per-task EXTRA = %q", o.Payload)
+	}
+	if got := string(run(t, p, "env:EXTRA").Payload); got != "" {
+		t.Errorf("EXTRA leaked into the next task: %q", got)
+	}
+	for i := range 50 {
+		color := "c" + strconv.Itoa(i)
+		p.SetEnv(map[string]string{"COLOR": color}, false)
+		if i == 0 {
+			if got := string(run(t, p, "env:COLOR").Payload); got != "red" {
+				t.Fatalf("before recycle COLOR = %q, want the running worker's red", got)
+			}
+		}
+		p.Recycle()
+		if got := string(run(t, p, "env:COLOR").Payload); got != color {
+			t.Fatalf("round %d: after recycle COLOR = %q, want %q", i, got, color)
+		}
+	}
+}
+
+// TestStatistics: acceptance 10 and 8.
+func TestStatistics(t *testing.T) {
+	_, p := newPool(t, func(c *pool.Config) {
+		c.MaxWorkers, c.MinWorkers, c.IdleDelay = 10, intp(5), 300*time.Millisecond
+	})
+	var fs []*future
+	for i := range 100 {
+		payload := "sleep:20"
+		if i%2 == 1 {
+			payload = "fail:odd"
+		}
+		fs = append(fs, submit(t, p, pool.Spec{Payload: []byte(payload)}))
+	}
+	for _, f := range fs {
+		f.wait(t, 60*time.Second)
+	}
+	var st pool.Stats
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st = p.Stats()
+		if st.WorkerProcessesStillAlive == 5 && st.WorkerProcessesIdle == 5 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // polling the scale-down with a deadline
+	}
+	if st.TasksReceived != 100 || st.TasksLaunched != 100 || st.TasksFailed != 50 || st.MaxWorkersBusyConcurrently > 10 ||
+		st.WorkerProcessesStillAlive != 5 || st.WorkerProcessesIdle != 5 || st.WorkerProcessesBusy != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	// Another burst grows back to 10.
+	fs = fs[:0]
+	for range 10 {
+		fs = append(fs, submit(t, p, pool.Spec{Payload: []byte("sleep:300")}))
+	}
+	for _, f := range fs {
+		<-f.running
+	}
+	if st := p.Stats(); st.WorkerProcessesBusy != 10 {
+		t.Errorf("busy = %d during the second burst, want 10", st.WorkerProcessesBusy)
+	}
+	for _, f := range fs {
+		f.wait(t, 10*time.Second)
+	}
+}
+
+func TestScaleToZero(t *testing.T) {
+	_, p := newPool(t, func(c *pool.Config) { c.MaxWorkers, c.MinWorkers, c.IdleDelay = 2, intp(0), 100*time.Millisecond })
+	run(t, p, "echo:a")
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Stats().WorkerProcessesStillAlive != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still %d workers after the idle delay", p.Stats().WorkerProcessesStillAlive)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the scale-down with a deadline
+	}
+	if o := run(t, p, "echo:b"); o.Kind != pool.Result {
+		t.Errorf("after scaling to zero: %+v", o)
+	}
+}

@@ -1,0 +1,603 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cgpool/cgpool/cgroup"
+	"github.com/cgpool/cgpool/ipc"
+	"github.com/cgpool/cgpool/oomwatch"
+	"github.com/cgpool/cgpool/spawn"
+	"github.com/prometheus/procfs"
+)
+
+// teardownTimeout bounds the wait for a killed slot to empty.
+const teardownTimeout = 10 * time.Second
+
+// slot is one worker slot: a cgroup subtree w-<n> with the pool's limits
+// and the leaf w-<n>/worker, run by one goroutine.
+type slot struct {
+	p    *Pool
+	wake chan struct{}
+
+	// Guarded by p.mu.
+	state     string // starting, idle, busy, retiring
+	task      *Task
+	alive     bool
+	pid       int
+	name      string
+	leafPath  string
+	groupRef  *cgroup.Group
+	tasksDone int64
+	gen       int
+
+	// Owned by the slot goroutine.
+	group    *cgroup.Group
+	leaf     *cgroup.Group
+	leafDir  *os.File
+	w        *workerProc
+	env      []string          // the environment this worker (or exec slot) started with
+	envVars  map[string]string // the pool's variables in env
+	failures int
+}
+
+func (s *slot) run() {
+	p := s.p
+	defer p.wg.Done()
+	defer s.exit()
+	for {
+		if s.group == nil {
+			if !s.start() {
+				return
+			}
+		}
+		t, restart := s.next()
+		switch {
+		case restart:
+			s.teardown(true)
+		case t == nil:
+			return
+		case p.cfg.Kind == KindExec:
+			s.runExec(t)
+		default:
+			s.runWorkerTask(t)
+		}
+	}
+}
+
+// start sets the slot up (group, leaf, and for worker pools the worker),
+// retrying with a back-off. It returns false if the pool is stopping.
+func (s *slot) start() bool {
+	p := s.p
+	p.mu.Lock()
+	if s.state != "starting" {
+		s.state = "starting"
+		p.starting++
+	}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.starting--
+		p.mu.Unlock()
+	}()
+	for {
+		err := s.setup()
+		if err == nil {
+			s.failures = 0
+			return true
+		}
+		s.teardown(false)
+		s.failures++
+		p.log.Error("worker failed to start", "err", err, "attempt", s.failures)
+		p.failOldestQueued(err)
+		backoff := time.NewTimer(min(50*time.Millisecond<<min(s.failures, 7), 5*time.Second))
+		select {
+		case <-p.stopCh:
+			backoff.Stop()
+			return false
+		case <-backoff.C:
+		}
+	}
+}
+
+// setup creates a fresh slot group and, for worker pools, starts the worker.
+func (s *slot) setup() error {
+	p := s.p
+	p.mu.Lock()
+	p.nextSeq++
+	name := "w-" + strconv.Itoa(p.nextSeq)
+	gen := p.recycleGen
+	env, vars := s.envLocked(name), maps.Clone(p.env)
+	p.mu.Unlock()
+	g, err := p.group.Mkdir(name)
+	if err != nil {
+		return err
+	}
+	s.group = g
+	if err := g.SetLimits(p.limits); err != nil {
+		return err
+	}
+	// Controllers for the slot's children, so that a nested cgpool can
+	// subdivide the slot (the slot itself holds no process).
+	if err := g.EnableControllers(p.ctrl...); err != nil {
+		return err
+	}
+	if s.leaf, err = g.Mkdir("worker"); err != nil {
+		return err
+	}
+	if s.leafDir, err = s.leaf.Open(); err != nil {
+		return err
+	}
+	s.env, s.envVars = env, vars
+	pid := 0
+	if p.cfg.Kind == KindWorker {
+		w, hello, err := startWorker(s.leafDir, p.cfg.Command, env, p.credential())
+		if err != nil {
+			return err
+		}
+		s.w, pid = w, w.pid()
+		if hello.InitError != "" {
+			p.log.Warn("worker initializer failed; the worker serves tasks anyway", "pid", pid, "err", hello.InitError)
+		}
+		p.mu.Lock()
+		if hello.InitError != "" {
+			p.stats.InitializerFailures++
+		}
+		p.mu.Unlock()
+	}
+	p.mu.Lock()
+	p.stats.WorkerProcessesCreated++
+	s.name, s.leafPath, s.groupRef, s.gen, s.pid, s.alive = name, s.leaf.CgroupPath(), g, gen, pid, true
+	s.tasksDone = 0
+	p.mu.Unlock()
+	return nil
+}
+
+// envLocked builds a worker's environment: the supervisor's base, the
+// pool's variables, and where the slot is (for a nested cgpool).
+func (s *slot) envLocked(name string) []string {
+	p := s.p
+	env := slices.Clone(p.base)
+	for _, k := range slices.Sorted(maps.Keys(p.env)) {
+		env = append(env, k+"="+p.env[k])
+	}
+	return append(env,
+		"CGPOOL_POOL="+p.cfg.Name,
+		"CGPOOL_SLOT_CGROUP="+filepath.Join(p.group.Path(), name))
+}
+
+func (p *Pool) credential() *syscall.Credential {
+	if p.cfg.UID == nil && p.cfg.GID == nil {
+		return nil
+	}
+	c := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), NoSetGroups: true}
+	if p.cfg.UID != nil {
+		c.Uid = *p.cfg.UID
+	}
+	if p.cfg.GID != nil {
+		c.Gid = *p.cfg.GID
+	}
+	return c
+}
+
+// failOldestQueued fails the next queued task because no worker could be
+// started for it, so that a broken worker program never leaves tasks
+// waiting forever.
+func (p *Pool) failOldestQueued(cause error) {
+	p.mu.Lock()
+	it, ok := p.queue.Pop()
+	if !ok {
+		p.mu.Unlock()
+		return
+	}
+	t := it.Value
+	t.state = done
+	delete(p.byID, t.id)
+	o := &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "no worker could be started: " + cause.Error()}
+	p.countLocked(o)
+	p.stats.WorkerStartFailures++
+	p.signalRoomLocked()
+	p.mu.Unlock()
+	t.notify(Event{Outcome: o})
+}
+
+// next takes the next task. It blocks while idle. restart means the worker
+// must be replaced first (recycled, or died while idle); a nil task without
+// restart means the slot must exit (idle above MinWorkers, or stopping).
+func (s *slot) next() (t *Task, restart bool) {
+	p := s.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		if p.cfg.Kind == KindWorker && s.gen < p.recycleGen {
+			p.stats.WorkersRetired++
+			return nil, true
+		}
+		if s.w != nil && s.w.exited() {
+			p.log.Warn("idle worker died; replacing it (no task was running)", "pid", s.pid)
+			return nil, true
+		}
+		if it, ok := p.queue.Pop(); ok {
+			t := it.Value
+			t.state, t.slot, t.started = running, s, time.Now()
+			s.task, s.state = t, "busy"
+			p.stats.TasksLaunched++
+			busy := int64(0)
+			for o := range p.slots {
+				if o.state == "busy" {
+					busy++
+				}
+			}
+			p.stats.MaxWorkersBusyConcurrently = max(p.stats.MaxWorkersBusyConcurrently, busy)
+			p.signalRoomLocked()
+			return t, false
+		}
+		if p.stopping {
+			return nil, false
+		}
+		s.state = "idle"
+		p.idle = append(p.idle, s)
+		var idleC <-chan time.Time
+		if len(p.slots) > *p.cfg.MinWorkers {
+			idleT := time.NewTimer(p.cfg.IdleDelay)
+			idleC = idleT.C
+			defer idleT.Stop()
+		}
+		var dead <-chan struct{}
+		if s.w != nil {
+			dead = s.w.proc.Done()
+		}
+		p.mu.Unlock()
+		var idled, died bool
+		select {
+		case <-s.wake:
+		case <-p.stopCh:
+		case <-idleC:
+			idled = true
+		case <-dead:
+			died = true
+		}
+		p.mu.Lock()
+		if i := slices.Index(p.idle, s); i >= 0 {
+			p.idle = slices.Delete(p.idle, i, i+1)
+		}
+		if died {
+			e, _ := s.w.proc.Wait(context.Background())
+			p.log.Warn("idle worker died; replacing it (no task was running)", "pid", s.pid, "exit", e.String())
+			return nil, true
+		}
+		if idled && p.queue.Len() == 0 && len(p.slots) > *p.cfg.MinWorkers {
+			s.state = "retiring"
+			delete(p.slots, s)
+			p.stats.WorkersRetired++
+			return nil, false
+		}
+	}
+}
+
+// exit ends the slot goroutine: the worker is asked to exit, the slot's
+// group is destroyed and the slot forgotten.
+func (s *slot) exit() {
+	s.teardown(true)
+	p := s.p
+	p.mu.Lock()
+	delete(p.slots, s)
+	if i := slices.Index(p.idle, s); i >= 0 {
+		p.idle = slices.Delete(p.idle, i, i+1)
+	}
+	p.mu.Unlock()
+}
+
+// teardown stops the worker (gracefully if asked and possible) and
+// destroys the slot's group: nothing that ran in it survives.
+func (s *slot) teardown(graceful bool) {
+	p := s.p
+	p.mu.Lock()
+	s.alive, s.pid, s.state = false, 0, "starting"
+	p.mu.Unlock()
+	if s.w != nil {
+		if graceful {
+			s.w.askExit()
+		}
+		if s.group != nil {
+			_ = s.group.Kill()
+		}
+		s.w.kill()
+		s.w = nil
+	}
+	if s.leafDir != nil {
+		s.leafDir.Close()
+		s.leafDir = nil
+	}
+	if s.group != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+		if err := s.group.Destroy(ctx, teardownTimeout); err != nil {
+			p.log.Error("could not remove a worker slot", "slot", s.group.Path(), "err", err)
+		}
+		cancel()
+		s.group, s.leaf = nil, nil
+	}
+}
+
+// finish records a task's outcome and delivers it.
+func (s *slot) finish(t *Task, o *Outcome) {
+	p := s.p
+	p.mu.Lock()
+	t.state = done
+	delete(p.byID, t.id)
+	s.task = nil
+	s.tasksDone++
+	if s.state == "busy" {
+		s.state = "idle"
+	}
+	p.countLocked(o)
+	p.mu.Unlock()
+	t.notify(Event{Outcome: o})
+}
+
+// taskMemory applies a task's own memory limit to the slot and returns
+// the function that restores the pool's.
+func (s *slot) taskMemory(t *Task) func() {
+	if t.spec.MemoryMax <= 0 {
+		return func() {}
+	}
+	if err := s.group.WriteFile("memory.max", strconv.FormatInt(t.spec.MemoryMax, 10)); err != nil {
+		s.p.log.Error("could not set a task's memory limit", "err", err)
+	}
+	return func() {
+		v := "max"
+		if s.p.cfg.MemoryMax > 0 {
+			v = strconv.FormatInt(s.p.cfg.MemoryMax, 10)
+		}
+		_ = s.group.WriteFile("memory.max", v)
+	}
+}
+
+// waitKilled waits for the process after a kill; a process that does not
+// die within the bound (D state) is reported and left to the slot's
+// teardown.
+func waitExit(proc *spawn.Process, d time.Duration) spawn.Exit {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	e, err := proc.Wait(ctx)
+	if err != nil {
+		return spawn.Exit{Code: -1, Signal: syscall.SIGKILL}
+	}
+	return e
+}
+
+// runWorkerTask sends a task to the worker and waits for its answer, its
+// death, its deadline or a hard cancel.
+func (s *slot) runWorkerTask(t *Task) {
+	p := s.p
+	w := s.w
+	pid := w.pid()
+	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
+	before, _, _ := oomwatch.Read(s.group)
+	restore := s.taskMemory(t)
+	defer restore()
+	var timeoutC <-chan time.Time
+	if t.spec.Timeout > 0 {
+		timer := time.NewTimer(t.spec.Timeout)
+		defer timer.Stop()
+		timeoutC = timer.C
+	}
+	var kill oomwatch.Reason
+	var reply *msg
+	if err := w.conn.Write(&ipc.Header{Type: ipc.TypeTask, ID: t.id, Env: t.spec.Env, TimeoutMS: t.spec.Timeout.Milliseconds()}, t.spec.Payload); err != nil {
+		p.log.Warn("could not send a task to its worker", "pid", pid, "err", err)
+	} else {
+	wait:
+		for {
+			select {
+			case m, ok := <-w.msgs:
+				if !ok {
+					break wait // the socket ended: the worker is dying
+				}
+				if m.h.ID == t.id && (m.h.Type == ipc.TypeResult || m.h.Type == ipc.TypeTaskError) {
+					reply = &m
+					break wait
+				}
+				p.log.Warn("worker sent an unexpected message", "pid", pid, "type", m.h.Type, "id", m.h.ID)
+			case <-w.proc.Done():
+				break wait
+			case <-timeoutC:
+				kill = oomwatch.Timeout
+				break wait
+			case <-t.kill:
+				kill = oomwatch.Cancel
+				break wait
+			}
+		}
+	}
+	base := Outcome{Pid: pid, Leaf: s.leafPath}
+	if reply != nil {
+		o := base
+		if reply.h.Type == ipc.TypeResult {
+			o.Kind, o.Payload = Result, reply.payload
+		} else {
+			o.Kind, o.Message, o.Traceback, o.Payload = TaskError, reply.h.Message, reply.h.Traceback, reply.payload
+		}
+		s.finish(t, &o)
+		s.afterTask()
+		return
+	}
+	if kill != "" {
+		if err := s.group.Kill(); err != nil {
+			p.log.Error("cgroup.kill failed", "slot", s.group.Path(), "err", err)
+		}
+	} else {
+		// The socket ended or the process exited: give it a moment to be
+		// reaped, then make sure.
+		select {
+		case <-w.proc.Done():
+		case <-time.After(time.Second):
+			_ = s.group.Kill()
+		}
+	}
+	e := waitExit(w.proc, teardownTimeout)
+	o := s.classify(t, base, before, kill, e)
+	s.finish(t, o)
+	s.teardown(false)
+}
+
+// classify turns the facts of a worker or command that ended mid-task into
+// an outcome; exec says a clean exit is a result.
+func (s *slot) classify(t *Task, base Outcome, before oomwatch.Counters, kill oomwatch.Reason, e spawn.Exit) *Outcome {
+	after, _, _ := oomwatch.Read(s.group)
+	v := oomwatch.Classify(oomwatch.Facts{Before: before, After: after, SupervisorKill: kill, Exited: true, Signal: e.Signal, ExitCode: e.Code})
+	o := base
+	o.MemoryPeak, _ = s.group.MemoryPeak()
+	o.Signal, o.ExitCode, o.Reason = int(v.Signal), v.ExitCode, v.Reason
+	what := "worker"
+	if s.p.cfg.Kind == KindExec {
+		what = "command"
+	}
+	switch v.Reason {
+	case oomwatch.OOM:
+		o.Kind = ProcessError
+		o.Message = fmt.Sprintf("%s pid %d was OOM-killed: its cgroup %s reached memory.max (peak %d bytes)", what, base.Pid, base.Leaf, o.MemoryPeak)
+	case oomwatch.Timeout:
+		o.Kind, o.Timeout = TimedOut, t.spec.Timeout
+		o.Message = fmt.Sprintf("timed out after %v; the task's cgroup was killed", t.spec.Timeout)
+	case oomwatch.Cancel:
+		o.Kind, o.Message = Cancelled, "cancelled while running; the task's cgroup was killed"
+	case oomwatch.Killed:
+		o.Kind = ProcessError
+		o.Message = fmt.Sprintf("%s pid %d was killed by signal %d (%s)", what, base.Pid, int(v.Signal), v.Signal)
+	default:
+		o.Kind = ProcessError
+		o.Reason = oomwatch.Crashed
+		o.Message = fmt.Sprintf("%s pid %d exited with code %d before answering", what, base.Pid, v.ExitCode)
+	}
+	return &o
+}
+
+// afterTask applies the per-worker policies after an answered task:
+// leftovers, max_tasks_per_child, memory ceiling, trim.
+func (s *slot) afterTask() {
+	p := s.p
+	if n := s.leftovers(); n > 0 {
+		p.log.Info("killing what a task left behind in its worker's cgroup", "slot", s.group.Path(), "processes", n)
+		p.mu.Lock()
+		p.stats.LeftoverProcessesKilled += int64(n)
+		p.stats.WorkersRetired++
+		p.mu.Unlock()
+		s.teardown(false)
+		return
+	}
+	p.mu.Lock()
+	done := s.tasksDone
+	p.mu.Unlock()
+	if p.cfg.MaxTasksPerChild > 0 && done >= int64(p.cfg.MaxTasksPerChild) {
+		s.retire()
+		return
+	}
+	if p.cfg.MaxWorkerMemoryBytes <= 0 && p.cfg.TrimThresholdBytes <= 0 {
+		return
+	}
+	mem := s.memory()
+	if p.cfg.MaxWorkerMemoryBytes > 0 && mem >= p.cfg.MaxWorkerMemoryBytes {
+		p.log.Info("retiring a worker over max_worker_memory_bytes", "pid", s.w.pid(), "memory", mem)
+		s.retire()
+		return
+	}
+	if p.cfg.TrimThresholdBytes > 0 && mem >= p.cfg.TrimThresholdBytes {
+		s.trim()
+	}
+}
+
+func (s *slot) retire() {
+	p := s.p
+	p.mu.Lock()
+	p.stats.WorkersRetired++
+	p.mu.Unlock()
+	s.teardown(true)
+}
+
+// trim asks the worker to give memory back and waits briefly for its
+// answer.
+func (s *slot) trim() {
+	if err := s.w.conn.Write(&ipc.Header{Type: ipc.TypeTrim}, nil); err != nil {
+		return
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case m, ok := <-s.w.msgs:
+			if !ok || m.h.Type == ipc.TypeTrimmed {
+				return
+			}
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// memory is the slot's memory use, children included: memory.current,
+// or where the memory controller is missing, the sum of the RSS of every
+// process in the slot.
+func (s *slot) memory() int64 {
+	if v, err := s.group.MemoryCurrent(); err == nil {
+		return v
+	}
+	var sum int64
+	for _, pid := range s.procs() {
+		if pr, err := procfs.NewProc(pid); err == nil {
+			if st, err := pr.NewStatus(); err == nil {
+				sum += int64(st.VmRSS)
+			}
+		}
+	}
+	return sum
+}
+
+// procs lists every process in the slot's subtree.
+func (s *slot) procs() []int {
+	var pids []int
+	_ = filepath.WalkDir(s.group.Path(), func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		b, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))
+		if err != nil {
+			return nil
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, n)
+			}
+		}
+		return nil
+	})
+	return pids
+}
+
+// leftovers counts processes in the slot other than the worker.
+func (s *slot) leftovers() int {
+	procs, err := s.leaf.Procs()
+	if err == nil && len(procs) == 1 && (s.w == nil || procs[0] == s.w.pid()) {
+		if st, err := s.group.ReadFile("cgroup.stat"); err == nil {
+			m, _ := cgroup.ParseFlatKeyed(st)
+			if m["nr_descendants"] <= 1 {
+				return 0
+			}
+		}
+	}
+	n := 0
+	for _, pid := range s.procs() {
+		if s.w == nil || pid != s.w.pid() {
+			n++
+		}
+	}
+	return n
+}

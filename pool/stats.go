@@ -1,0 +1,48 @@
+package pool
+
+// Stats are a pool's statistics. The first eight keys are Deadpool's,
+// named exactly as Deadpool names them.
+type Stats struct {
+	TasksReceived              int64 `json:"tasks_received"`
+	TasksLaunched              int64 `json:"tasks_launched"`
+	TasksFailed                int64 `json:"tasks_failed"`
+	WorkerProcessesCreated     int64 `json:"worker_processes_created"`
+	MaxWorkersBusyConcurrently int64 `json:"max_workers_busy_concurrently"`
+	WorkerProcessesStillAlive  int64 `json:"worker_processes_still_alive"`
+	WorkerProcessesIdle        int64 `json:"worker_processes_idle"`
+	WorkerProcessesBusy        int64 `json:"worker_processes_busy"`
+
+	TasksSucceeded int64 `json:"tasks_succeeded"`
+	TasksCancelled int64 `json:"tasks_cancelled"`
+	TasksRejected  int64 `json:"tasks_rejected"`
+	TasksQueued    int64 `json:"tasks_queued"`
+	TasksRunning   int64 `json:"tasks_running"`
+	// FailuresByReason counts failed tasks by why: task_error, timeout,
+	// queue_timeout, oom, killed, crashed.
+	FailuresByReason        map[string]int64 `json:"failures_by_reason"`
+	LeftoverProcessesKilled int64            `json:"leftover_processes_killed"`
+	WorkersRetired          int64            `json:"workers_retired"`
+	InitializerFailures     int64            `json:"initializer_failures"`
+	WorkerStartFailures     int64            `json:"worker_start_failures"`
+	MaxWorkers              int              `json:"max_workers"`
+	MinWorkers              int              `json:"min_workers"`
+}
+
+// WorkerStatus is one worker slot as `cgpool ps` shows it.
+type WorkerStatus struct {
+	Slot          string `json:"slot"`
+	Pid           int    `json:"pid"`
+	Leaf          string `json:"leaf"`
+	State         string `json:"state"` // starting, idle, busy, retiring
+	Task          uint64 `json:"task,omitempty"`
+	MemoryCurrent int64  `json:"memory_current"`
+	MemoryPeak    int64  `json:"memory_peak"`
+	TasksDone     int64  `json:"tasks_done"`
+}
+
+// Status is a pool's state for `cgpool ps`.
+type Status struct {
+	Pool    string         `json:"pool"`
+	Kind    Kind           `json:"kind"`
+	Workers []WorkerStatus `json:"workers"`
+}

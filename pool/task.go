@@ -1,0 +1,111 @@
+package pool
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cgpool/cgpool/oomwatch"
+)
+
+// Spec is what a client asks for.
+type Spec struct {
+	Payload []byte            // worker pools: the task's input
+	Argv    []string          // exec pools: the command
+	Env     map[string]string // additions, seen by this task only
+
+	Priority     int           // >= 0; lower runs first
+	Timeout      time.Duration // from the start on a worker; 0 = the pool's default (none if 0)
+	QueueTimeout time.Duration // longest wait before starting; 0 = none
+	MemoryMax    int64         // per-task memory.max, at most the pool's; 0 = the pool's
+
+	// Client identifies the submitter for fairness and disconnect policy.
+	Client uint64
+	// Hold makes Submit wait for room in a full backlog (until its context
+	// ends) instead of refusing with ErrQueueFull.
+	Hold bool
+}
+
+// OutcomeKind is the kind of a task's one terminal outcome.
+type OutcomeKind string
+
+const (
+	Result       OutcomeKind = "result"
+	TaskError    OutcomeKind = "task_error"
+	TimedOut     OutcomeKind = "timeout"
+	ProcessError OutcomeKind = "process_error"
+	Cancelled    OutcomeKind = "cancelled"
+	QueueTimeout OutcomeKind = "queue_timeout"
+)
+
+// Outcome is how a task ended. Exactly one is delivered per accepted task.
+type Outcome struct {
+	Kind OutcomeKind
+	Pid  int    // the worker (or exec command) that ran it; 0 if it never ran
+	Leaf string // the cgroup it ran in (path inside the hierarchy)
+
+	Payload   []byte // Result: the worker's answer; TaskError: its payload
+	Message   string // TaskError, Cancelled, ProcessError: human-readable
+	Traceback string // TaskError
+
+	// ProcessError (and exec results killed by a signal).
+	Reason     oomwatch.Reason
+	Signal     int
+	ExitCode   int   // exec Result: the command's exit status
+	MemoryPeak int64 // the slot's memory.peak when known
+
+	// Exec results.
+	Stdout, Stderr                   []byte
+	StdoutTruncated, StderrTruncated bool
+
+	Timeout time.Duration // TimedOut: the limit that passed
+}
+
+// Failed reports whether the outcome counts in tasks_failed: anything but
+// a result or a cancellation. An exec command's non-zero exit is a result.
+func (o *Outcome) Failed() bool {
+	return o.Kind != Result && o.Kind != Cancelled
+}
+
+func (o *Outcome) String() string {
+	switch o.Kind {
+	case ProcessError:
+		return fmt.Sprintf("process error: %s", o.Message)
+	case TimedOut:
+		return fmt.Sprintf("timed out after %v", o.Timeout)
+	case TaskError, Cancelled:
+		return fmt.Sprintf("%s: %s", o.Kind, o.Message)
+	}
+	return string(o.Kind)
+}
+
+// Event is reported to a task's observer: first Running (unless the task
+// never starts), then exactly one Done.
+type Event struct {
+	Running bool
+	Pid     int
+	Leaf    string
+	Outcome *Outcome // set on Done
+}
+
+type taskState int
+
+const (
+	queued taskState = iota
+	running
+	done
+)
+
+// Task is an accepted submission. Its fields are guarded by its pool's mutex.
+type Task struct {
+	id      uint64
+	spec    Spec
+	notify  func(Event)
+	state   taskState
+	slot    *slot
+	kill    chan struct{} // closed to hard-cancel a running task
+	killed  bool
+	started time.Time
+}
+
+// ID returns the pool-wide id of the task.
+func (t *Task) ID() uint64 { return t.id }

@@ -1,0 +1,100 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cgpool/cgpool/internal/kerneltest"
+	"github.com/cgpool/cgpool/worker"
+)
+
+// TestMain runs the test binary as a worker program when the pool starts
+// it with CGPOOL_TEST_WORKER=1.
+func TestMain(m *testing.M) {
+	if os.Getenv("CGPOOL_TEST_WORKER") == "1" {
+		init := func() error {
+			if v := os.Getenv("CGPOOL_TEST_INIT_FAIL"); v != "" {
+				return errors.New(v)
+			}
+			return nil
+		}
+		if err := worker.ServeWith(handle, worker.Options{Init: init}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	kerneltest.Main(m)
+}
+
+// handle runs the test operations, "op:arg":
+//
+//	echo:X     answer X
+//	pid        answer the worker's pid
+//	env:NAME   answer $NAME
+//	sleep:MS   sleep, answer "slept"
+//	fail:MSG   fail with MSG
+//	exit:N     exit the worker with status N mid-task
+//	alloc:MIB  allocate and touch MIB MiB, answer "ok"
+//	daemon:F   start a detached, setsid child that writes its pid to F, then sleep forever
+//	spin       ignore every catchable signal and spin on the CPU forever
+func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
+	op, arg, _ := strings.Cut(string(t.Payload), ":")
+	switch op {
+	case "echo":
+		return []byte(arg), nil
+	case "pid":
+		return []byte(strconv.Itoa(os.Getpid())), nil
+	case "env":
+		return []byte(os.Getenv(arg)), nil
+	case "sleep":
+		ms, _ := strconv.Atoi(arg)
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		return []byte("slept"), nil
+	case "fail":
+		return nil, errors.New(arg)
+	case "exit":
+		n, _ := strconv.Atoi(arg)
+		os.Exit(n)
+	case "alloc":
+		mib, _ := strconv.Atoi(arg)
+		var keep [][]byte
+		for range mib {
+			b := make([]byte, 1<<20)
+			for j := 0; j < len(b); j += 4096 {
+				b[j] = 1
+			}
+			keep = append(keep, b)
+		}
+		return []byte(fmt.Sprintf("ok %d", len(keep))), nil
+	case "daemon":
+		exe, _ := os.Executable()
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), "CGPOOL_TEST_WORKER=", kerneltest.HelperEnv+"=sleep")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		os.WriteFile(arg, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+		cmd.Process.Release()
+		select {}
+	case "spin":
+		for s := syscall.Signal(1); s <= 64; s++ {
+			if s != syscall.SIGKILL && s != syscall.SIGSTOP {
+				signal.Ignore(s)
+			}
+		}
+		for {
+		}
+	}
+	return nil, fmt.Errorf("unknown op %q", op)
+}

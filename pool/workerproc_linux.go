@@ -1,0 +1,137 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/cgpool/cgpool/ipc"
+	"github.com/cgpool/cgpool/spawn"
+	"golang.org/x/sys/unix"
+)
+
+// helloTimeout bounds how long a new worker may take to say hello.
+const helloTimeout = 60 * time.Second
+
+// exitGrace is how long a worker asked to exit may take before its slot is
+// killed.
+const exitGrace = 3 * time.Second
+
+type msg struct {
+	h       ipc.Header
+	payload []byte
+}
+
+// workerProc is one worker process and its protocol socket.
+type workerProc struct {
+	proc       *spawn.Process
+	conn       *ipc.Conn
+	msgs       chan msg // closed by the reader when the socket ends
+	readerDone chan struct{}
+}
+
+// startWorker starts argv in the leaf with the worker socket on fd 3 and
+// waits for its hello. On error nothing of it is left running except what
+// the caller's group kill removes.
+func startWorker(leafDir *os.File, argv, env []string, cred *syscall.Credential) (*workerProc, ipc.Header, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, ipc.Header{}, os.NewSyscallError("socketpair", err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "worker-socket"), os.NewFile(uintptr(fds[1]), "worker-socket")
+	proc, err := spawn.Start(spawn.Options{
+		Path: argv[0], Args: argv, Env: env, Cgroup: leafDir, Credential: cred,
+		ExtraFiles: []*os.File{theirs}, Stdout: os.Stderr, Stderr: os.Stderr,
+	})
+	theirs.Close()
+	if err != nil {
+		ours.Close()
+		return nil, ipc.Header{}, err
+	}
+	nc, err := net.FileConn(ours) // a net.Conn, so that Close unblocks the reader
+	ours.Close()
+	if err != nil {
+		_ = proc.Signal(syscall.SIGKILL)
+		<-proc.Done()
+		proc.Close()
+		return nil, ipc.Header{}, err
+	}
+	w := &workerProc{proc: proc, conn: ipc.NewConn(nc), msgs: make(chan msg, 4), readerDone: make(chan struct{})}
+	go w.read()
+	timer := time.NewTimer(helloTimeout)
+	defer timer.Stop()
+	select {
+	case m, ok := <-w.msgs:
+		if ok && m.h.Type == ipc.TypeHello {
+			if m.h.Version != ipc.ProtocolVersion {
+				w.kill()
+				return nil, m.h, fmt.Errorf("worker speaks protocol version %d, want %d", m.h.Version, ipc.ProtocolVersion)
+			}
+			return w, m.h, nil
+		}
+		w.kill()
+		if !ok {
+			e, _ := proc.Wait(context.Background())
+			return nil, ipc.Header{}, fmt.Errorf("worker %v exited before its hello (%v)", argv, e)
+		}
+		return nil, ipc.Header{}, fmt.Errorf("worker %v sent %q before its hello", argv, m.h.Type)
+	case <-timer.C:
+		w.kill()
+		return nil, ipc.Header{}, fmt.Errorf("worker %v did not say hello within %v", argv, helloTimeout)
+	}
+}
+
+func (w *workerProc) pid() int { return w.proc.Pid() }
+
+// exited reports whether the worker has ended (it may not be reaped yet).
+func (w *workerProc) exited() bool { return w.proc.Exited() }
+
+// read is the one reader of the worker's socket.
+func (w *workerProc) read() {
+	defer close(w.readerDone)
+	defer close(w.msgs)
+	for {
+		h, payload, err := w.conn.Read()
+		if err != nil {
+			return
+		}
+		w.msgs <- msg{h, payload}
+	}
+}
+
+// kill SIGKILLs the worker process alone (its group is the caller's to
+// kill), then reaps and releases everything.
+func (w *workerProc) kill() {
+	_ = w.proc.Signal(syscall.SIGKILL)
+	w.release()
+}
+
+// release waits for the process and the reader, and closes both.
+func (w *workerProc) release() {
+	<-w.proc.Done()
+	w.conn.Close()
+	for range w.msgs { // drain so the reader can finish
+	}
+	<-w.readerDone
+	w.proc.Close()
+}
+
+// askExit asks the worker to run its finalizer and exit, and waits up to
+// exitGrace. It reports whether the worker exited by itself.
+func (w *workerProc) askExit() bool {
+	if err := w.conn.Write(&ipc.Header{Type: ipc.TypeExit}, nil); err != nil && !errors.Is(err, ipc.ErrClosed) {
+		return false
+	}
+	t := time.NewTimer(exitGrace)
+	defer t.Stop()
+	select {
+	case <-w.proc.Done():
+		return true
+	case <-t.C:
+		return false
+	}
+}
