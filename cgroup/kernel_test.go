@@ -371,3 +371,48 @@ func execLook(name string) (string, error) {
 	}
 	return "", errors.New(name + " not found in /bin or /usr/bin")
 }
+
+// TestKilledGroupIsNotReusable records a kernel behaviour cgpool designs
+// around: whether a child cloned into a group after a cgroup.kill of it
+// (or of its parent) survives. On the 6.18 build hosts it is killed at
+// birth, so pool slots are replaced after every kill; the test fails only
+// if spawning into a fresh group fails.
+func TestKilledGroupIsNotReusable(t *testing.T) {
+	r := kerneltest.NewRoot(t)
+	slot := kerneltest.Leaf(t, &r.Group, "w", cgroup.Limits{})
+	leaf, err := slot.Mkdir("worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func() spawn.Exit {
+		t.Helper()
+		d, err := leaf.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		sh, err := findSh()
+		if err != nil {
+			kerneltest.Skipf(t, "%v", err)
+		}
+		p, err := spawn.Start(spawn.Options{Path: sh, Args: []string{"sh", "-c", "exit 0"}, Cgroup: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		e, err := p.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	if e := run(); e.Code != 0 || e.Signaled() {
+		t.Fatalf("a child in a fresh group: %v, want exit status 0", e)
+	}
+	if err := slot.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a child cloned into a group after its parent was killed: %v (cgpool never does this)", run())
+}

@@ -17,6 +17,11 @@ import (
 // returns once the signals are queued; use WaitEmpty to see them gone.
 // cgroup.kill needs Linux 5.14: on older kernels the error wraps
 // errors.ErrUnsupported and the caller may use FreezeKill instead.
+//
+// Never start a process in a killed group or below it: on Linux 6.18 (seen
+// on the build hosts) a child cloned into such a group with
+// CLONE_INTO_CGROUP is SIGKILLed at birth, long after the kill finished
+// (TestKilledGroupIsNotReusable). Replace the group instead.
 func (g *Group) Kill() error {
 	err := g.WriteFile("cgroup.kill", "1")
 	if errors.Is(err, fs.ErrNotExist) && g.exists() {

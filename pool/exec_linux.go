@@ -115,7 +115,9 @@ func (s *slot) runExec(t *Task) {
 	e := waitExit(proc, teardownTimeout)
 	proc.Close()
 	// Nothing outlives its task: kill what the command left in the slot.
+	killed := kill != ""
 	if pop, _ := s.group.Populated(); pop {
+		killed = true
 		n := len(s.procs())
 		_ = s.group.Kill()
 		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
@@ -144,4 +146,9 @@ func (s *slot) runExec(t *Task) {
 		o.ExitCode = e.Code
 	}
 	s.finish(t, o)
+	if killed {
+		// A killed group is never reused: a child cloned into it later can
+		// be killed at birth (see cgroup.Group.Kill).
+		s.teardown(false)
+	}
 }

@@ -475,6 +475,15 @@ type ShutdownOptions struct {
 // are gone (or ctx ends); without, it returns at once and Wait does that.
 // It never fails because the backlog is full, and it is idempotent.
 func (p *Pool) Shutdown(ctx context.Context, o ShutdownOptions) error {
+	p.beginShutdown(o)
+	if !o.Wait {
+		return nil
+	}
+	return p.Wait(ctx)
+}
+
+// beginShutdown does Shutdown's work without waiting.
+func (p *Pool) beginShutdown(o ShutdownOptions) {
 	p.mu.Lock()
 	p.draining = true
 	var cancelled []*Task
@@ -513,10 +522,6 @@ func (p *Pool) Shutdown(ctx context.Context, o ShutdownOptions) error {
 		}
 		p.mu.Unlock()
 	}
-	if !o.Wait {
-		return nil
-	}
-	return p.Wait(ctx)
 }
 
 func (p *Pool) killRunningLocked() {

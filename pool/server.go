@@ -53,7 +53,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		if err != nil {
 			break
 		}
-		sc := &serverConn{s: s, c: ipc.NewConn(c), tasks: map[uint64]*connTask{}, pools: map[*Pool]bool{}}
+		sc := &serverConn{s: s, c: ipc.NewConn(c), tasks: map[uint64]*connTask{}, pools: map[*Pool]bool{}, wake: make(chan struct{}, 1)}
 		s.mu.Lock()
 		s.nextClient++
 		sc.client = s.nextClient
@@ -83,6 +83,14 @@ type serverConn struct {
 	mu    sync.Mutex
 	tasks map[uint64]*connTask // by client id, until the final message
 	pools map[*Pool]bool
+
+	// The outbox decouples the pool from the client: a slot never blocks
+	// on a client that reads slowly, and the writer sends whatever piled
+	// up in one batch (one syscall for many results).
+	omu     sync.Mutex
+	outbox  []ipc.Frame
+	wake    chan struct{} // cap 1
+	closing bool
 }
 
 type connTask struct {
@@ -95,7 +103,17 @@ type connTask struct {
 func (sc *serverConn) serve() {
 	s := sc.s
 	defer s.wg.Done()
+	writerDone := make(chan struct{})
+	go sc.writer(writerDone)
 	defer func() {
+		sc.omu.Lock()
+		closingBatch := sc.outbox
+		sc.outbox = nil
+		sc.closing = true
+		sc.outbox = closingBatch
+		sc.omu.Unlock()
+		sc.kick()
+		<-writerDone
 		sc.c.Close()
 		sc.disconnected()
 		s.mu.Lock()
@@ -112,7 +130,7 @@ func (sc *serverConn) serve() {
 			var fe *ipc.FrameError
 			if errors.As(err, &fe) {
 				s.log.Warn("disconnecting a client that sent a bad frame", "client", sc.client, "err", err)
-				_ = sc.c.Write(&ipc.Header{Type: ipc.TypeError, Code: ipc.CodeProtocol, Message: err.Error()}, nil)
+				sc.write(&ipc.Header{Type: ipc.TypeError, Code: ipc.CodeProtocol, Message: err.Error()}, nil)
 			}
 			return
 		}
@@ -167,9 +185,43 @@ func (sc *serverConn) serve() {
 	}
 }
 
+// write queues a frame for the client; it never blocks on the socket.
 func (sc *serverConn) write(h *ipc.Header, payload []byte) {
-	if err := sc.c.Write(h, payload); err != nil && !errors.Is(err, ipc.ErrClosed) {
-		sc.s.log.Debug("write to client failed", "client", sc.client, "err", err)
+	sc.omu.Lock()
+	if sc.closing {
+		sc.omu.Unlock()
+		return // the client is gone
+	}
+	sc.outbox = append(sc.outbox, ipc.Frame{Header: *h, Payload: payload})
+	sc.omu.Unlock()
+	sc.kick()
+}
+
+func (sc *serverConn) kick() {
+	select {
+	case sc.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writer sends the outbox in batches until the connection closes; frames
+// queued before closing are still sent.
+func (sc *serverConn) writer(done chan<- struct{}) {
+	defer close(done)
+	for range sc.wake {
+		sc.omu.Lock()
+		batch, closing := sc.outbox, sc.closing
+		sc.outbox = nil
+		sc.omu.Unlock()
+		if len(batch) > 0 {
+			if err := sc.c.WriteBatch(batch); err != nil {
+				sc.s.log.Debug("write to client failed", "client", sc.client, "err", err)
+				sc.c.Close() // unblocks the reader: this client is gone
+			}
+		}
+		if closing {
+			return
+		}
 	}
 }
 
@@ -210,8 +262,9 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		t, err := p.Submit(ctx, spec, notify)
 		if err != nil {
 			sc.forget(id)
+			held := ctx.Err() != nil
 			cancel()
-			if ctx.Err() != nil {
+			if held {
 				sc.write(&ipc.Header{Type: ipc.TypeCancelled, ID: id, Message: "cancelled while waiting for room in the backlog"}, nil)
 				return
 			}
@@ -226,6 +279,7 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		sc.mu.Lock()
 		ct.task = t
 		sc.mu.Unlock()
+		cancel() // the hold is over; a later cancel goes to the pool
 		sc.write(&ipc.Header{Type: ipc.TypeAccepted, ID: id}, nil)
 		close(ct.accepted)
 	}

@@ -75,12 +75,10 @@ func (s *Supervisor) Pools() []string { return append([]string(nil), s.names...)
 // Shutdown shuts every pool down (see Pool.Shutdown); with o.Wait it
 // returns when all of them are gone.
 func (s *Supervisor) Shutdown(ctx context.Context, o ShutdownOptions) error {
-	wait := o.Wait
-	o.Wait = false
 	for _, n := range s.names {
-		_ = s.pools[n].Shutdown(ctx, o)
+		s.pools[n].beginShutdown(o)
 	}
-	if !wait {
+	if !o.Wait {
 		return nil
 	}
 	return s.Wait(ctx)

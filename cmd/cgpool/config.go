@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/cgpool/cgpool/pool"
+)
+
+// fileConfig is the serve configuration file: TOML, or JSON when the file
+// name ends in .json (what the Python package writes).
+type fileConfig struct {
+	Socket      string       `toml:"socket" json:"socket"`
+	SocketMode  string       `toml:"socket_mode" json:"socket_mode"`
+	SocketGroup int          `toml:"socket_group" json:"socket_group"`
+	AllowUIDs   []uint32     `toml:"allow_uids" json:"allow_uids"`
+	AllowGIDs   []uint32     `toml:"allow_gids" json:"allow_gids"`
+	Root        string       `toml:"root" json:"root"`
+	LogLevel    string       `toml:"log_level" json:"log_level"`
+	Pools       []poolConfig `toml:"pools" json:"pools"`
+}
+
+// poolConfig is one pool in the file. Durations are Go duration strings
+// ("10s", "250ms"); byte sizes are numbers or strings with a unit ("64M").
+type poolConfig struct {
+	Name                 string            `toml:"name" json:"name"`
+	Kind                 string            `toml:"kind" json:"kind"`
+	Command              []string          `toml:"command" json:"command"`
+	MaxWorkers           int               `toml:"max_workers" json:"max_workers"`
+	MinWorkers           *int              `toml:"min_workers" json:"min_workers"`
+	IdleDelay            string            `toml:"idle_delay" json:"idle_delay"`
+	MaxTasksPerChild     int               `toml:"max_tasks_per_child" json:"max_tasks_per_child"`
+	MaxWorkerMemoryBytes size              `toml:"max_worker_memory_bytes" json:"max_worker_memory_bytes"`
+	TrimThresholdBytes   size              `toml:"trim_threshold_bytes" json:"trim_threshold_bytes"`
+	MemoryMax            size              `toml:"memory_max" json:"memory_max"`
+	MemoryHigh           size              `toml:"memory_high" json:"memory_high"`
+	PidsMax              int64             `toml:"pids_max" json:"pids_max"`
+	CPUWeight            uint64            `toml:"cpu_weight" json:"cpu_weight"`
+	CPUMax               string            `toml:"cpu_max" json:"cpu_max"`
+	MaxBacklog           int               `toml:"max_backlog" json:"max_backlog"`
+	Env                  map[string]string `toml:"env" json:"env"`
+	UID                  *uint32           `toml:"uid" json:"uid"`
+	GID                  *uint32           `toml:"gid" json:"gid"`
+	DefaultTimeout       string            `toml:"default_timeout" json:"default_timeout"`
+	OutputLimit          size              `toml:"output_limit" json:"output_limit"`
+	OnDisconnect         string            `toml:"on_disconnect" json:"on_disconnect"`
+}
+
+// size is a byte count written as a number or as "64M", "1G", "512K".
+type size int64
+
+func (s *size) UnmarshalText(b []byte) error {
+	n, err := parseSize(string(b))
+	*s = size(n)
+	return err
+}
+
+func (s *size) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var str string
+		if err := json.Unmarshal(b, &str); err != nil {
+			return err
+		}
+		return s.UnmarshalText([]byte(str))
+	}
+	var n int64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return err
+	}
+	*s = size(n)
+	return nil
+}
+
+// parseSize reads "123", "64K", "64M", "2G" (powers of 1024; a trailing
+// "B" or "iB" is allowed).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := int64(1)
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			t = t[:len(t)-1]
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("size %q: want a byte count such as 67108864 or 64M", s)
+	}
+	return n * mult, nil
+}
+
+func parseDuration(what, s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%s %q: want a duration such as 10s or 250ms", what, s)
+	}
+	return d, nil
+}
+
+func loadConfig(path string) (*fileConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var c fileConfig
+	if strings.EqualFold(filepath.Ext(path), ".json") {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	} else {
+		md, err := toml.Decode(string(b), &c)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if un := md.Undecoded(); len(un) > 0 {
+			return nil, fmt.Errorf("%s: unknown settings %q", path, un)
+		}
+	}
+	return &c, nil
+}
+
+func (pc poolConfig) toPool() (pool.Config, error) {
+	idle, err := parseDuration("idle_delay", pc.IdleDelay)
+	if err != nil {
+		return pool.Config{}, err
+	}
+	timeout, err := parseDuration("default_timeout", pc.DefaultTimeout)
+	if err != nil {
+		return pool.Config{}, err
+	}
+	return pool.Config{
+		Name: pc.Name, Kind: pool.Kind(pc.Kind), Command: pc.Command,
+		MaxWorkers: pc.MaxWorkers, MinWorkers: pc.MinWorkers, IdleDelay: idle,
+		MaxTasksPerChild: pc.MaxTasksPerChild, MaxWorkerMemoryBytes: int64(pc.MaxWorkerMemoryBytes),
+		TrimThresholdBytes: int64(pc.TrimThresholdBytes), MemoryMax: int64(pc.MemoryMax), MemoryHigh: int64(pc.MemoryHigh),
+		PidsMax: pc.PidsMax, CPUWeight: pc.CPUWeight, CPUMax: pc.CPUMax, MaxBacklog: pc.MaxBacklog,
+		Env: pc.Env, UID: pc.UID, GID: pc.GID, DefaultTimeout: timeout, OutputLimit: int64(pc.OutputLimit),
+		OnDisconnect: pool.DisconnectPolicy(pc.OnDisconnect),
+	}, nil
+}

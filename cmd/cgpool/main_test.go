@@ -1,0 +1,196 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cgpool/cgpool/internal/kerneltest"
+)
+
+// TestMain lets the test binary act as the cgpool command.
+func TestMain(m *testing.M) {
+	if os.Getenv("CGPOOL_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	kerneltest.Main(m)
+}
+
+// cgpool runs the test binary as "cgpool args...".
+func cgpool(ctx context.Context, args ...string) *exec.Cmd {
+	exe, _ := os.Executable()
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Env = append(os.Environ(), "CGPOOL_TEST_MAIN=1")
+	return cmd
+}
+
+func exitStatus(t *testing.T, err error) int {
+	t.Helper()
+	var ee *exec.ExitError
+	if err == nil {
+		return 0
+	}
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	t.Fatalf("run: %v", err)
+	return -1
+}
+
+// requireCgroups skips (fails in the VM) where cgpool cannot make cgroups.
+func requireCgroups(t *testing.T) {
+	t.Helper()
+	kerneltest.NewRoot(t) // skips with the reason if no writable cgroup v2
+}
+
+// startServe starts "cgpool serve" and returns its socket; it is shut
+// down and must leave no socket behind.
+func startServe(t *testing.T, args ...string) string {
+	t.Helper()
+	requireCgroups(t)
+	dir, err := os.MkdirTemp("", "cgpool-cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "cgpool.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	cmd := cgpool(ctx, append([]string{"serve", "--socket", sock, "--ready", "-j", "2", "--log-level", "warn"}, args...)...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready "+sock+"\n" {
+		t.Fatalf("serve said %q, %v", line, err)
+	}
+	t.Cleanup(func() {
+		defer cancel()
+		if err := cgpool(ctx, "shutdown", "--socket", sock).Run(); err != nil {
+			t.Errorf("cgpool shutdown: %v", err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("cgpool serve: %v", err)
+		}
+		if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket left behind: %v", err)
+		}
+	})
+	return sock
+}
+
+// TestSubmitExitCodes: acceptance 13 (the OOM code in the VM).
+func TestSubmitExitCodes(t *testing.T) {
+	sock := startServe(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"exit 3", []string{"--", "sh", "-c", "exit 3"}, 3},
+		{"ok", []string{"--", "true"}, 0},
+		{"timeout", []string{"--timeout", "300ms", "--", "sleep", "10"}, exitTimeout},
+		{"killed", []string{"--", "sh", "-c", "kill -TERM $$"}, exitSignal + 15},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := cgpool(ctx, append([]string{"submit", "--socket", sock}, tc.args...)...)
+			out, err := cmd.CombinedOutput()
+			if got := exitStatus(t, err); got != tc.want {
+				t.Errorf("cgpool submit %q: exit %d, want %d; output %q", tc.args, got, tc.want, out)
+			}
+		})
+	}
+	cmd := cgpool(ctx, "submit", "--socket", sock, "--", "sh", "-c", "echo out; echo err >&2")
+	var so, se strings.Builder
+	cmd.Stdout, cmd.Stderr = &so, &se
+	if err := cmd.Run(); err != nil || so.String() != "out\n" || se.String() != "err\n" {
+		t.Errorf("relay: stdout %q stderr %q err %v", so.String(), se.String(), err)
+	}
+	out, err := cgpool(ctx, "stats", "--socket", sock).Output()
+	if err != nil || !strings.Contains(string(out), `"tasks_received": 5`) {
+		t.Errorf("cgpool stats: %v\n%s", err, out)
+	}
+}
+
+// TestSubmitOOM: a task over its memory limit exits 125 (VM only).
+func TestSubmitOOM(t *testing.T) {
+	r := kerneltest.NewRoot(t)
+	kerneltest.RequireControllers(t, r, "memory")
+	sock := startServe(t, "--memory-max", "64M")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := cgpool(ctx, "submit", "--socket", sock, "--memory-max", "32M", "--", "awk", `BEGIN { s = "x"; while (1) s = s s }`)
+	out, err := cmd.CombinedOutput()
+	if got := exitStatus(t, err); got != exitOOM {
+		t.Errorf("exit %d, want %d (OOM); output %q", got, exitOOM, out)
+	}
+}
+
+// TestRunTemplate: cgpool run over input lines, with a failure summary.
+func TestRunTemplate(t *testing.T) {
+	requireCgroups(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := cgpool(ctx, "run", "-j", "2", "--timeout", "2s", "--", "sh", "-c", "test {} != 3 || exit 7; echo line {}")
+	cmd.Stdin = strings.NewReader("1\n2\n3\n4\n")
+	var so, se strings.Builder
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	if got := exitStatus(t, err); got != 1 {
+		t.Errorf("exit %d, want 1 (one failed command); stderr %q", got, se.String())
+	}
+	for _, want := range []string{"line 1\n", "line 2\n", "line 4\n"} {
+		if !strings.Contains(so.String(), want) {
+			t.Errorf("stdout %q lacks %q", so.String(), want)
+		}
+	}
+	if !strings.Contains(se.String(), "4 commands: 3 succeeded, 1 failed (exit 7 1)") {
+		t.Errorf("summary missing from stderr %q", se.String())
+	}
+}
+
+// TestDemo: the README's first command.
+func TestDemo(t *testing.T) {
+	requireCgroups(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := cgpool(ctx, "demo").Output()
+	if err != nil {
+		t.Fatalf("cgpool demo: %v\n%s", err, out)
+	}
+	s := string(out)
+	for _, want := range []string{"ok: hello from cgroup", "timed out after 2s", "is gone too", "signal 11"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, s)
+		}
+	}
+	if kerneltest.InVM() && !strings.Contains(s, "OOM-killed") {
+		t.Errorf("in the VM the demo must show the OOM kill:\n%s", s)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{{"64M", 64 << 20, true}, {"1G", 1 << 30, true}, {"512k", 512 << 10, true}, {"100", 100, true}, {"64MiB", 64 << 20, true}, {"x", 0, false}, {"-1", 0, false}} {
+		got, err := parseSize(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}

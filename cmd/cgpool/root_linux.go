@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/cgpool/cgpool/cgroup"
+)
+
+// openRoot finds the cgroup root cgpool manages and takes it over:
+//   - --root DIR: that directory (created if missing);
+//   - inside a cgpool worker slot (CGPOOL_SLOT_CGROUP): a new group in the
+//     slot, so that a nested pool subdivides its slot's limits and dies with
+//     it;
+//   - our own cgroup, when it is delegated to us (systemd Delegate=yes) and
+//     is not the hierarchy's root;
+//   - else a new group cgpool-<pid> at the top of the hierarchy (as root on
+//     a machine without systemd delegation, like the hybrid build hosts).
+//
+// release undoes it (sweeps our groups, and removes the root if we made it).
+func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root, error) {
+	m, err := cgroup.FindMount()
+	if err != nil {
+		return nil, fmt.Errorf("cgpool needs a cgroup v2 hierarchy (Linux 5.14+): %w", err)
+	}
+	var r *cgroup.Root
+	switch slot := os.Getenv("CGPOOL_SLOT_CGROUP"); {
+	case flag != "":
+		if _, err := os.Stat(flag); errors.Is(err, os.ErrNotExist) {
+			r, err = cgroup.MkdirRoot(flag, log)
+			if err != nil {
+				return nil, err
+			}
+		} else if r, err = cgroup.OpenRoot(flag, log); err != nil {
+			return nil, err
+		}
+	case slot != "":
+		r, err = cgroup.MkdirRoot(filepath.Join(slot, "nested-"+strconv.Itoa(os.Getpid())), log)
+		if err != nil {
+			return nil, fmt.Errorf("nested pool in slot %s: %w", slot, err)
+		}
+	default:
+		self, err := cgroup.SelfPath()
+		if err != nil {
+			return nil, err
+		}
+		if self != "/" {
+			if r, err = cgroup.OpenRoot(m.HostPath(self), log); err == nil {
+				break
+			}
+		}
+		dir := filepath.Join(m.Point, "cgpool-"+strconv.Itoa(os.Getpid()))
+		if r, err = cgroup.MkdirRoot(dir, log); err != nil {
+			return nil, fmt.Errorf("no delegated cgroup to manage: our own cgroup %s is not delegated to us, and %s cannot be created (%w); run cgpool as a systemd service with Delegate=yes, as root, or pass --root", self, dir, err)
+		}
+	}
+	if err := r.TakeOver(ctx); err != nil {
+		_ = r.Release(ctx)
+		return nil, err
+	}
+	return r, nil
+}

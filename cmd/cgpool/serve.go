@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cgpool/cgpool/ipc"
+	"github.com/cgpool/cgpool/pool"
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+)
+
+// poolFlags are the flags that describe one pool without a config file.
+type poolFlags struct {
+	name, kind, command  string
+	maxWorkers           int
+	minWorkers           int
+	maxTasksPerChild     int
+	maxWorkerMemory      string
+	trimThreshold        string
+	memoryMax, memoryHig string
+	pidsMax              int64
+	maxBacklog           int
+	env                  []string
+	idleDelay            time.Duration
+	timeout              time.Duration
+}
+
+func (f *poolFlags) register(cmd *cobra.Command, defaultKind string) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.name, "pool", "default", "pool name")
+	fl.StringVar(&f.kind, "kind", defaultKind, "pool kind: exec (a command per task) or worker (a long-lived worker program)")
+	fl.StringVar(&f.command, "worker-command", "", "worker program for a worker pool, split on spaces (e.g. \"python3 -m cgpool.worker\")")
+	fl.IntVarP(&f.maxWorkers, "max-workers", "j", runtime.NumCPU(), "most workers (slots) running at once")
+	fl.IntVar(&f.minWorkers, "min-workers", -1, "workers kept when idle (default: max-workers; 0 scales to zero)")
+	fl.IntVar(&f.maxTasksPerChild, "max-tasks-per-child", 0, "replace a worker after this many tasks (0: never)")
+	fl.StringVar(&f.maxWorkerMemory, "max-worker-memory", "", "replace a worker whose cgroup uses this much after a task (e.g. 512M)")
+	fl.StringVar(&f.trimThreshold, "trim-threshold", "", "ask a worker to give memory back above this (e.g. 256M)")
+	fl.StringVar(&f.memoryMax, "memory-max", "", "memory.max of each worker's cgroup, e.g. 64M (needs the memory controller)")
+	fl.StringVar(&f.memoryHig, "memory-high", "", "memory.high of each worker's cgroup (throttle point)")
+	fl.Int64Var(&f.pidsMax, "pids-max", 0, "pids.max of each worker's cgroup (needs the pids controller)")
+	fl.IntVar(&f.maxBacklog, "max-backlog", pool.DefaultMaxBacklog, "most tasks waiting in the queue")
+	fl.StringArrayVar(&f.env, "env", nil, "NAME=VALUE for the pool's environment (repeatable)")
+	fl.DurationVar(&f.idleDelay, "idle-delay", pool.DefaultIdleDelay, "idle time before a worker above min-workers retires")
+	fl.DurationVar(&f.timeout, "timeout", 0, "default per-task timeout (0: none)")
+}
+
+func (f *poolFlags) config() (pool.Config, error) {
+	c := pool.Config{Name: f.name, Kind: pool.Kind(f.kind), MaxWorkers: f.maxWorkers, MaxTasksPerChild: f.maxTasksPerChild,
+		PidsMax: f.pidsMax, MaxBacklog: f.maxBacklog, IdleDelay: f.idleDelay, DefaultTimeout: f.timeout, Env: map[string]string{}}
+	if f.command != "" {
+		c.Command = strings.Fields(f.command)
+	}
+	if f.minWorkers >= 0 {
+		m := f.minWorkers
+		c.MinWorkers = &m
+	}
+	for _, s := range []struct {
+		v   string
+		dst *int64
+	}{{f.maxWorkerMemory, &c.MaxWorkerMemoryBytes}, {f.trimThreshold, &c.TrimThresholdBytes}, {f.memoryMax, &c.MemoryMax}, {f.memoryHig, &c.MemoryHigh}} {
+		if s.v == "" {
+			continue
+		}
+		n, err := parseSize(s.v)
+		if err != nil {
+			return c, err
+		}
+		*s.dst = n
+	}
+	for _, kv := range f.env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return c, fmt.Errorf("--env %q: want NAME=VALUE", kv)
+		}
+		c.Env[k] = v
+	}
+	return c, nil
+}
+
+func defaultSocket() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" && os.Getuid() != 0 {
+		return filepath.Join(d, "cgpool.sock")
+	}
+	return "/run/cgpool/cgpool.sock"
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func serveCmd() *cobra.Command {
+	var (
+		configPath, socket, root, logLevel string
+		exitWithStdin, ready               bool
+		pf                                 poolFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the supervisor daemon: pools of workers in cgroups, served on a unix socket",
+		Long: `Run the cgpool supervisor. It takes over a delegated cgroup (its own under
+systemd with Delegate=yes, else a new one at the top of the cgroup v2 tree when
+run as root), keeps each pool's workers in their own cgroup slots, and serves
+clients (cgpool submit, the Go client, the Python Executor) on a unix socket.
+
+Pools come from --config (TOML, or JSON if the file name ends in .json; see
+README.md for the keys) or, for one pool, from the flags below. Logs are
+structured (log/slog) on stderr. Under systemd it reports READY=1 once the
+socket listens. SIGINT/SIGTERM shut it down: queued tasks are cancelled,
+running ones get --shutdown-deadline, then everything is killed and every
+cgroup and the socket file are removed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return usageErr(err)
+			}
+			var fc fileConfig
+			if configPath != "" {
+				c, err := loadConfig(configPath)
+				if err != nil {
+					return usageErr(err)
+				}
+				fc = *c
+				if c.LogLevel != "" && !cmd.Flags().Changed("log-level") {
+					if log, err = newLogger(c.LogLevel); err != nil {
+						return usageErr(err)
+					}
+				}
+			}
+			if cmd.Flags().Changed("socket") || fc.Socket == "" {
+				fc.Socket = socket
+			}
+			if cmd.Flags().Changed("root") || fc.Root == "" {
+				fc.Root = root
+			}
+			var cfgs []pool.Config
+			for _, pc := range fc.Pools {
+				c, err := pc.toPool()
+				if err != nil {
+					return usageErr(err)
+				}
+				cfgs = append(cfgs, c)
+			}
+			if len(cfgs) == 0 {
+				c, err := pf.config()
+				if err != nil {
+					return usageErr(err)
+				}
+				cfgs = append(cfgs, c)
+			}
+			return serve(cmd.Context(), log, fc, cfgs, exitWithStdin, ready)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&configPath, "config", "", "configuration file (TOML, or JSON by extension)")
+	fl.StringVar(&socket, "socket", defaultSocket(), "unix socket path")
+	fl.StringVar(&root, "root", "", "cgroup directory to manage (default: found automatically)")
+	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.BoolVar(&exitWithStdin, "exit-with-stdin", false, "shut down when stdin reaches end of file (for a parent that owns this supervisor)")
+	fl.BoolVar(&ready, "ready", false, "print \"ready SOCKET\" on stdout once the socket listens")
+	pf.register(cmd, "exec")
+	return cmd
+}
+
+func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Config, exitWithStdin, ready bool) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if exitWithStdin {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go func() { // ends with the process; stdin has no other reader
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			cancel()
+		}()
+	}
+	root, err := openRoot(ctx, fc.Root, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := root.Release(context.Background()); err != nil {
+			log.Error("release cgroup root", "root", root.Path(), "err", err)
+		}
+	}()
+	sup, err := pool.NewSupervisor(root, cfgs, log)
+	if err != nil {
+		return err
+	}
+	mode := os.FileMode(0o600)
+	if fc.SocketMode != "" {
+		m, err := strconv.ParseUint(fc.SocketMode, 8, 32)
+		if err != nil {
+			return usageErr(fmt.Errorf("socket_mode %q: want octal such as 0660", fc.SocketMode))
+		}
+		mode = os.FileMode(m)
+	}
+	if err := os.MkdirAll(filepath.Dir(fc.Socket), 0o755); err != nil {
+		_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
+		return err
+	}
+	ln, err := ipc.Listen(fc.Socket, ipc.ListenOptions{Mode: mode, Group: fc.SocketGroup, AllowUIDs: fc.AllowUIDs, AllowGIDs: fc.AllowGIDs, Logger: log})
+	if err != nil {
+		_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
+		return err
+	}
+	srv := pool.NewServer(sup, ln, log)
+	log.Info("cgpool serving", "socket", fc.Socket, "cgroup", root.Path(), "pools", sup.Pools(), "controllers", root.Controllers())
+	if ready {
+		fmt.Printf("ready %s\n", fc.Socket)
+	}
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+
+	serveCtx, stopServe := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(serveCtx) }()
+	var opts pool.ShutdownOptions
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "reason", context.Cause(ctx))
+		opts = pool.ShutdownOptions{Wait: true, CancelFutures: true, Deadline: 10 * time.Second}
+		if exitWithStdin {
+			// The owner is gone: nobody waits for results, so kill what runs.
+			opts = pool.ShutdownOptions{Wait: false, CancelFutures: true}
+		}
+	case opts = <-srv.ShutdownRequested():
+		log.Info("shutdown requested by a client", "wait", opts.Wait, "cancel_futures", opts.CancelFutures)
+	case err := <-served:
+		stopServe()
+		_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
+		return err
+	}
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	err = sup.Shutdown(context.Background(), opts)
+	if err == nil && !opts.Wait {
+		err = sup.Wait(context.Background())
+	}
+	stopServe()
+	if serr := <-served; serr != nil && !errors.Is(serr, context.Canceled) {
+		err = errors.Join(err, serr)
+	}
+	return err
+}

@@ -1,0 +1,273 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cgpool/cgpool/internal/kerneltest"
+	"github.com/cgpool/cgpool/ipc"
+	"github.com/cgpool/cgpool/pool"
+)
+
+// startServer runs a supervisor with one worker pool behind a socket.
+func startServer(t *testing.T, mod func(*pool.Config)) (sock string, p *pool.Pool) {
+	t.Helper()
+	r := kerneltest.NewRoot(t)
+	exe, _ := os.Executable()
+	cfg := pool.Config{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1,
+		Env: map[string]string{"CGPOOL_TEST_WORKER": "1"}}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := pool.NewSupervisor(r, []pool.Config{cfg}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ = s.Pool("test")
+	dir, err := os.MkdirTemp("", "cgpool-sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o700)
+	sock = filepath.Join(dir, "s.sock")
+	ln, err := ipc.Listen(sock, ipc.ListenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := pool.NewServer(s, ln, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer scancel()
+		if err := s.Shutdown(sctx, pool.ShutdownOptions{Wait: true, CancelFutures: true}); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket file left behind: %v", err)
+		}
+		os.RemoveAll(dir)
+	})
+	return sock, p
+}
+
+type testClient struct {
+	c    *ipc.Conn
+	next uint64
+}
+
+func connect(t *testing.T, sock string) *testClient {
+	t.Helper()
+	nc, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ipc.NewConn(nc)
+	t.Cleanup(func() { c.Close() })
+	if _, err := ipc.ClientHello(c, "test"); err != nil {
+		t.Fatal(err)
+	}
+	return &testClient{c: c}
+}
+
+func (tc *testClient) submit(t *testing.T, h ipc.Header, payload string) uint64 {
+	t.Helper()
+	tc.next++
+	h.Type, h.ID = ipc.TypeSubmit, tc.next
+	if err := tc.c.Write(&h, []byte(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return tc.next
+}
+
+// finals reads frames until n final messages arrived and returns them by id,
+// in arrival order.
+func (tc *testClient) finals(t *testing.T, n int, onFinal func(ipc.Header)) map[uint64]ipc.Header {
+	t.Helper()
+	out := map[uint64]ipc.Header{}
+	for len(out) < n {
+		h, _, err := tc.c.Read()
+		if err != nil {
+			t.Fatalf("read after %d finals: %v", len(out), err)
+		}
+		if ipc.IsFinal(h.Type) {
+			out[h.ID] = h
+			if onFinal != nil {
+				onFinal(h)
+			}
+		}
+	}
+	return out
+}
+
+// TestFairness: one client floods 1,000 tasks at priority 1; a second
+// client's 10 tasks at the same priority do not wait for the flood
+// (acceptance 11).
+func TestFairness(t *testing.T) {
+	sock, _ := startServer(t, nil)
+	a, b := connect(t, sock), connect(t, sock)
+	// A reads on its own goroutine, as any real client does, and reports
+	// how many of its tasks have finished.
+	aDone := make(chan int, 1000)
+	go func() {
+		defer close(aDone)
+		n := 0
+		for n < 1000 {
+			h, _, err := a.c.Read()
+			if err != nil {
+				return
+			}
+			if ipc.IsFinal(h.Type) {
+				n++
+				aDone <- n
+			}
+		}
+	}()
+	for range 1000 {
+		a.submit(t, ipc.Header{Priority: 1}, "echo:a")
+	}
+	if n, ok := <-aDone; !ok || n < 1 {
+		t.Fatal("the flood did not start")
+	}
+	for range 10 {
+		b.submit(t, ipc.Header{Priority: 1}, "echo:b")
+	}
+	b.finals(t, 10, nil)
+	latest := 0
+	for {
+		select {
+		case n, ok := <-aDone:
+			if !ok {
+				t.Fatal("A's connection ended")
+			}
+			latest = n
+			continue
+		default:
+		}
+		break
+	}
+	if latest >= 1000 {
+		t.Fatal("the flood finished before the second client's ten tasks did")
+	}
+	if latest > 100 {
+		t.Errorf("the second client's 10 tasks finished only after %d of the flood's 1000", latest)
+	}
+	t.Logf("B's 10 tasks done when %d of A's 1000 were", latest)
+}
+
+// TestDisconnectAndGarbage: a client that disconnects with tasks queued
+// has them cancelled (never run); a client sending a malformed frame is
+// disconnected and the others keep working (acceptance 12).
+func TestDisconnectAndGarbage(t *testing.T) {
+	sock, p := startServer(t, nil)
+	keeper := connect(t, sock)
+	busy := keeper.submit(t, ipc.Header{}, "sleep:300")
+	leaver := connect(t, sock)
+	for range 5 {
+		leaver.submit(t, ipc.Header{}, "echo:never")
+	}
+	// Wait until the five are queued, then go away.
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Stats().TasksQueued < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queued = %d, want 5", p.Stats().TasksQueued)
+		}
+		time.Sleep(time.Millisecond) // polling the pool's queue with a deadline
+	}
+	leaver.c.Close()
+	deadline = time.Now().Add(10 * time.Second)
+	for p.Stats().TasksCancelled < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("cancelled = %d after the client left, want 5", p.Stats().TasksCancelled)
+		}
+		time.Sleep(time.Millisecond) // polling with a deadline
+	}
+
+	// Garbage: a frame announcing a header larger than the limit.
+	nc, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	gc := ipc.NewConn(nc)
+	if _, err := ipc.ClientHello(gc, "garbage"); err != nil {
+		t.Fatal(err)
+	}
+	nc.Write([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, '{'})
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		h, _, err := gc.Read()
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, ipc.ErrClosed) {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatal("the garbage client was not disconnected")
+				}
+			}
+			break
+		}
+		if h.Type == ipc.TypeError && h.Code != ipc.CodeProtocol {
+			t.Errorf("error frame code %q, want protocol", h.Code)
+		}
+	}
+	next := keeper.submit(t, ipc.Header{}, "echo:still-here")
+	got := keeper.finals(t, 2, nil)
+	if got[busy].Type != ipc.TypeResult || got[next].Type != ipc.TypeResult {
+		t.Errorf("the other client's tasks: %+v", got)
+	}
+	if st := p.Stats(); st.TasksLaunched != 2 {
+		t.Errorf("tasks_launched = %d, want 2 (the leaver's tasks must never run)", st.TasksLaunched)
+	}
+}
+
+// TestProtocolOutcomes: the running message carries pid and leaf; a
+// rejected submit, a queue timeout and a hard cancel give their typed
+// final messages.
+func TestProtocolOutcomes(t *testing.T) {
+	sock, _ := startServer(t, func(c *pool.Config) { c.MaxBacklog = 2 })
+	c := connect(t, sock)
+	long := c.submit(t, ipc.Header{}, "sleep:5000")
+	for {
+		h, _, err := c.c.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Type == ipc.TypeRunning {
+			if h.ID != long || h.PID == 0 || h.Leaf == "" {
+				t.Errorf("running %+v", h)
+			}
+			break
+		}
+	}
+	qt := c.submit(t, ipc.Header{QueueTimeoutMS: 50}, "echo:late")
+	x := c.submit(t, ipc.Header{}, "echo:x")
+	full := c.submit(t, ipc.Header{}, "echo:full")
+	bad := c.submit(t, ipc.Header{Pool: "nope"}, "echo:x")
+	got := c.finals(t, 3, nil)
+	c.c.Write(&ipc.Header{Type: ipc.TypeCancel, ID: long, Mode: ipc.CancelHard}, nil)
+	for id, h := range c.finals(t, 2, nil) {
+		got[id] = h
+	}
+	if got[x].Type != ipc.TypeResult {
+		t.Errorf("the task after the cancelled one: %+v", got[x])
+	}
+	for id, want := range map[uint64]string{long: ipc.TypeCancelled, qt: ipc.TypeQueueTimeout, full: ipc.TypeRejected, bad: ipc.TypeRejected} {
+		if got[id].Type != want {
+			t.Errorf("id %d: %+v, want %s", id, got[id], want)
+		}
+	}
+	if got[full].Reason != ipc.RejectQueueFull || got[bad].Reason != ipc.RejectUnknownPool {
+		t.Errorf("reject reasons %q, %q", got[full].Reason, got[bad].Reason)
+	}
+}
