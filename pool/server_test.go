@@ -18,6 +18,11 @@ import (
 // startServer runs a supervisor with one worker pool behind a socket.
 func startServer(t *testing.T, mod func(*pool.Config)) (sock string, p *pool.Pool) {
 	t.Helper()
+	return startServerTB(t, mod)
+}
+
+func startServerTB(t testing.TB, mod func(*pool.Config)) (sock string, p *pool.Pool) {
+	t.Helper()
 	r := kerneltest.NewRoot(t)
 	exe, _ := os.Executable()
 	cfg := pool.Config{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1,

@@ -1,0 +1,168 @@
+package pool_test
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cgpool/cgpool/client"
+	"github.com/cgpool/cgpool/ipc"
+	"github.com/cgpool/cgpool/pool"
+	"golang.org/x/sys/unix"
+)
+
+func pct(d []time.Duration, p float64) time.Duration {
+	slices.Sort(d)
+	return d[int(float64(len(d)-1)*p)]
+}
+
+// BenchmarkNoopRoundTrip: a no-op task through the socket, the supervisor
+// and a Go worker, one at a time; beside it, in the same run, a bare
+// ipc round trip to an echo goroutine across a unix socket, the floor.
+// Reports median and p99 of each, and the ratio of the medians.
+//
+//	go test -run '^$' -bench NoopRoundTrip ./pool
+func BenchmarkNoopRoundTrip(b *testing.B) {
+	sock, _ := startServerB(b)
+	c, err := client.Dial(context.Background(), sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	task := client.Task{Payload: []byte("echo:x")}
+	for range 200 { // warm up
+		f, _ := c.Submit(ctx, task)
+		f.Wait(ctx)
+	}
+	floor := rawRoundTrips(b, b.N)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		f, err := c.Submit(ctx, task)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := f.Wait(ctx); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	p50, p99, f50 := pct(lat, .5), pct(lat, .99), pct(floor, .5)
+	b.ReportMetric(float64(p50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
+	b.ReportMetric(float64(f50.Microseconds()), "raw-socket-p50-µs")
+	b.ReportMetric(float64(p50)/float64(f50), "x-raw")
+}
+
+// BenchmarkNoopThroughput: many no-op tasks in flight on one connection.
+func BenchmarkNoopThroughput(b *testing.B) {
+	sock, _ := startServerB(b, func(c *pool.Config) { c.MaxWorkers = 2; c.MaxBacklog = -1 })
+	c, err := client.Dial(context.Background(), sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	task := client.Task{Payload: []byte("echo:x")}
+	b.ResetTimer()
+	start := time.Now()
+	fs := make([]*client.Future, b.N)
+	for i := range fs {
+		if fs[i], err = c.Submit(ctx, task); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, f := range fs {
+		if _, err := f.Wait(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tasks/s")
+}
+
+// BenchmarkReplaceAfterKill: a busy worker is SIGKILLed from outside; the
+// time until the next queued task is running on its replacement.
+func BenchmarkReplaceAfterKill(b *testing.B) {
+	_, p := startServerB(b)
+	var lat []time.Duration
+	for i := 0; i < b.N; i++ {
+		victim := newFuture()
+		if _, err := p.Submit(context.Background(), pool.Spec{Payload: []byte("sleep:60000")}, victim.notify); err != nil {
+			b.Fatal(err)
+		}
+		ev := <-victim.running
+		next := newFuture()
+		if _, err := p.Submit(context.Background(), pool.Spec{Payload: []byte("echo:x")}, next.notify); err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		unix.Kill(ev.Pid, syscall.SIGKILL)
+		<-next.running
+		lat = append(lat, time.Since(t0))
+		<-victim.done
+		<-next.done
+	}
+	b.ReportMetric(float64(pct(lat, .5).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(pct(lat, .99).Microseconds()), "p99-µs")
+}
+
+// rawRoundTrips times n 64-byte frame round trips to an echo goroutine
+// over a unix socket, with the same ipc framing.
+func rawRoundTrips(b *testing.B, n int) []time.Duration {
+	dir := b.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, "raw.sock"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		sc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c := ipc.NewConn(sc)
+		defer c.Close()
+		for {
+			h, p, err := c.Read()
+			if err != nil {
+				return
+			}
+			h.Type = ipc.TypeResult
+			c.Write(&h, p)
+		}
+	}()
+	nc, err := net.Dial("unix", filepath.Join(dir, "raw.sock"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := ipc.NewConn(nc)
+	defer c.Close()
+	out := make([]time.Duration, 0, n)
+	payload := make([]byte, 64)
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		c.Write(&ipc.Header{Type: ipc.TypeSubmit, ID: uint64(i + 1)}, payload)
+		if _, _, err := c.Read(); err != nil {
+			b.Fatal(err)
+		}
+		out = append(out, time.Since(t0))
+	}
+	return out
+}
+
+// startServerB is startServer for benchmarks.
+func startServerB(b *testing.B, mods ...func(*pool.Config)) (string, *pool.Pool) {
+	b.Helper()
+	return startServerTB(b, func(c *pool.Config) {
+		for _, m := range mods {
+			m(c)
+		}
+	})
+}
