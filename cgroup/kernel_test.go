@@ -136,7 +136,10 @@ func TestSweepAfterCrash(t *testing.T) {
 		}
 	}
 
-	second := kerneltest.Start(t, sub, "supervise", sub.Path(), "sweep-only")
+	// Restarted as systemd's DelegateSubgroup= would: in <root>/supervisor
+	// (the root itself has controllers enabled now, so no process may
+	// start there: CLONE_INTO_CGROUP fails with EBUSY).
+	second := kerneltest.Start(t, sub.Child(cgroup.SupervisorName), "supervise", sub.Path(), "sweep-only")
 	second.Line(t)
 	if l := second.Line(t); l != "ready" {
 		t.Fatalf("second supervisor said %q", l)

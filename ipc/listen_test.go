@@ -333,7 +333,7 @@ const helperEnv = "IPC_TEST_DIAL_AS_NOBODY"
 func TestHelperDialAsNobody(t *testing.T) {
 	path := os.Getenv(helperEnv)
 	if path == "" {
-		t.Skip("helper process only")
+		return // only a helper process (started by the peer-filter test) has work here
 	}
 	for _, drop := range []func() error{
 		func() error { return syscall.Setgroups([]int{4242}) },

@@ -86,7 +86,9 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		}
 		os.WriteFile(arg, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
 		cmd.Process.Release()
-		select {}
+		for { // not select {}: with nothing else running, that is a fatal deadlock
+			time.Sleep(time.Hour)
+		}
 	case "spin":
 		for s := syscall.Signal(1); s <= 64; s++ {
 			if s != syscall.SIGKILL && s != syscall.SIGSTOP {

@@ -172,6 +172,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("cgpool demo: %v\n%s", err, out)
 	}
 	s := string(out)
+	t.Logf("cgpool demo:\n%s", s)
 	for _, want := range []string{"ok: hello from cgroup", "timed out after 2s", "is gone too", "signal 11"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, s)

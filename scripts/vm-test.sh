@@ -1,0 +1,448 @@
+#!/usr/bin/env bash
+# vm-test.sh: run cgpool's Go tests inside a qemu VM booted on Debian 12's
+# Linux 6.1 kernel, which has a full cgroup v2 hierarchy (memory, pids,
+# cgroup.kill, memory.peak) that the host may not give us. See usage below.
+set -euo pipefail
+
+usage() {
+	cat <<'EOF'
+Usage: scripts/vm-test.sh [-run REGEX] [-bench REGEX] [-keep] [packages...]
+
+Builds each Go package's tests as a static binary (CGO_ENABLED=0 go test -c),
+packs them into an initramfs with a small /init (scripts/vminit) and busybox,
+boots Debian's Linux 6.1 kernel under qemu, runs every test binary inside with
+-test.v and prints, as its last line, e.g.:
+
+    12 passed, 0 failed, 0 skipped
+
+It exits non-zero if any test failed or was skipped, if no test passed, or if
+the VM did not finish (timeout, kernel panic).
+
+Options:
+  -run REGEX     only run tests matching REGEX (go test -run; in every binary)
+  -bench REGEX   run benchmarks matching REGEX instead of tests (-run ^$ unless
+                 -run is given too)
+  -keep          keep the initramfs and its root folder in the scratch folder
+  -demo          run the README's demo (cgpool demo) in the VM, with the OOM kill
+  -h, --help     show this help
+  packages       Go packages whose tests to build (default: every package of
+                 ./... that has tests, except ./scripts/...)
+
+Examples:
+  scripts/vm-test.sh                                   # all tests
+  scripts/vm-test.sh ./cgroup                          # one package
+  scripts/vm-test.sh -run 'TestKillEmptiesTree' ./cgroup   # one test
+  scripts/vm-test.sh -run 'TestLeaf/memory' ./cgroup   # one subtest
+  scripts/vm-test.sh -bench . ./sched                  # benchmarks
+
+Environment:
+  CGPOOL_VM_SCRATCH  scratch folder (default: <repo>/.vm, ignored by git); the
+                     console log is left there as console.log
+  CGPOOL_VM_CACHE    where the downloaded kernel is kept between runs
+                     (default: ~/.cache/cgpool-vm); delete it to fetch anew
+  CGPOOL_VM_KERNEL   use this vmlinuz instead of Debian's
+  CGPOOL_VM_ACCEL    kvm or tcg (default: kvm if /dev/kvm is usable hardware
+                     virtualization, falling back to tcg if the VM does not
+                     start within 60s; else tcg)
+  CGPOOL_VM_MEM      guest memory in MiB (default 1024)
+  CGPOOL_VM_TIMEOUT  seconds before the whole VM run is killed (default 1200)
+  CGPOOL_VM_TEST_TIMEOUT  -test.timeout of each test binary (default 10m)
+
+Needs root to install qemu-system-x86, busybox-static and cpio with apt-get
+when they are missing.
+EOF
+}
+
+log() { printf 'vm-test: %s\n' "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Package arguments are relative to where the script was started, when that
+# is inside the repository.
+GODIR=$REPO
+case $PWD/ in "$REPO"/*) GODIR=$PWD ;; esac
+SCRATCH=${CGPOOL_VM_SCRATCH:-$REPO/.vm}
+CACHE=${CGPOOL_VM_CACHE:-${HOME:-/root}/.cache/cgpool-vm}
+MEM=${CGPOOL_VM_MEM:-1024}
+VM_TIMEOUT=${CGPOOL_VM_TIMEOUT:-1200}
+
+RUN=""
+BENCH=""
+KEEP=0
+PKGS=()
+while (($# > 0)); do
+	case $1 in
+	-h | -help | --help)
+		usage
+		exit 0
+		;;
+	-run | --run)
+		(($# >= 2)) || die "$1 needs a REGEX"
+		RUN=$2
+		shift 2
+		;;
+	-run=* | --run=*)
+		RUN=${1#*=}
+		shift
+		;;
+	-bench | --bench)
+		(($# >= 2)) || die "$1 needs a REGEX"
+		BENCH=$2
+		shift 2
+		;;
+	-bench=* | --bench=*)
+		BENCH=${1#*=}
+		shift
+		;;
+	-keep | --keep)
+		KEEP=1
+		shift
+		;;
+	-demo | --demo)
+		# The README's demo (cgpool demo) inside the VM, where the memory
+		# controller exists and the OOM kill is shown: it is cmd/cgpool's
+		# TestDemo, which prints the demo's output.
+		RUN='^TestDemo$'
+		PKGS=(./cmd/cgpool)
+		shift
+		;;
+	--)
+		shift
+		PKGS+=("$@")
+		break
+		;;
+	-*)
+		usage >&2
+		die "unknown option $1"
+		;;
+	*)
+		PKGS+=("$1")
+		shift
+		;;
+	esac
+done
+
+mkdir -p "$SCRATCH"
+SCRATCH=$(cd "$SCRATCH" && pwd) # absolute: the build runs in another folder
+ROOT=$SCRATCH/root
+INITRD=$SCRATCH/initrd.gz
+CONSOLE=$SCRATCH/console.log
+rm -f "$CONSOLE"
+
+qemu_pid=""
+tail_pid=""
+# stop_vm stops the VM and the console printer, if running: only the
+# processes this script started, by pid.
+stop_vm() {
+	if [[ -n $qemu_pid ]]; then
+		kill "$qemu_pid" 2>/dev/null || true
+		wait "$qemu_pid" 2>/dev/null || true
+	fi
+	if [[ -n $tail_pid ]]; then
+		kill "$tail_pid" 2>/dev/null || true
+		wait "$tail_pid" 2>/dev/null || true
+	fi
+	qemu_pid=""
+	tail_pid=""
+}
+# shellcheck disable=SC2317 # called by the EXIT trap
+on_exit() {
+	stop_vm
+	if ((KEEP == 0)); then
+		rm -rf "$ROOT" "$INITRD" "$SCRATCH/kernel.tmp"
+	fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# --- tools -------------------------------------------------------------------
+
+apt_quiet() {
+	# apt_quiet ARGS...: apt-get with its output in the scratch folder.
+	if ! DEBIAN_FRONTEND=noninteractive apt-get "$@" >>"$SCRATCH/apt.log" 2>&1; then
+		log "apt-get $* failed; last lines of $SCRATCH/apt.log:"
+		tail -n 25 "$SCRATCH/apt.log" >&2
+		exit 1
+	fi
+}
+
+missing=()
+for pkg in qemu-system-x86 busybox-static cpio; do
+	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+		missing+=("$pkg")
+	fi
+done
+if ((${#missing[@]} > 0)); then
+	(($(id -u) == 0)) || die "need root to install: ${missing[*]}"
+	log "installing ${missing[*]} (log: $SCRATCH/apt.log)"
+	: >"$SCRATCH/apt.log"
+	apt_quiet update
+	apt_quiet install -y --no-install-recommends "${missing[@]}"
+fi
+for cmd in qemu-system-x86_64 cpio gzip go timeout dpkg-deb; do
+	command -v "$cmd" >/dev/null || die "$cmd not found"
+done
+[[ -x /bin/busybox ]] || die "/bin/busybox (package busybox-static) not found"
+
+# --- kernel ------------------------------------------------------------------
+
+# newest_kernel_pkg prints the newest linux-image-6.1.0-N-amd64 package name
+# known to apt (signed or unsigned: both hold the same vmlinuz).
+newest_kernel_pkg() {
+	apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64(-unsigned)?$' 2>/dev/null |
+		awk '{ print $1 }' |
+		awk -F- '{ print $4 "\t" ($0 ~ /-unsigned$/ ? 1 : 0) "\t" $0 }' |
+		sort -t"$(printf '\t')" -k1,1nr -k2,2n | head -n 1 | cut -f3
+}
+
+get_kernel() {
+	if [[ -n ${CGPOOL_VM_KERNEL:-} ]]; then
+		[[ -r $CGPOOL_VM_KERNEL ]] || die "CGPOOL_VM_KERNEL=$CGPOOL_VM_KERNEL is not readable"
+		KERNEL=$(realpath "$CGPOOL_VM_KERNEL")
+		return
+	fi
+	KERNEL=$CACHE/vmlinuz
+	if [[ -s $KERNEL ]]; then
+		return
+	fi
+	mkdir -p "$CACHE"
+	local pkg
+	pkg=$(newest_kernel_pkg)
+	if [[ -z $pkg ]]; then
+		log "no linux-image-6.1.0-*-amd64 known to apt; running apt-get update (log: $SCRATCH/apt.log)"
+		apt_quiet update
+		pkg=$(newest_kernel_pkg)
+		[[ -n $pkg ]] || die "apt knows no linux-image-6.1.0-*-amd64 package; set CGPOOL_VM_KERNEL=/path/to/vmlinuz"
+	fi
+	log "downloading $pkg into $CACHE (once; it is reused later)"
+	local tmp=$SCRATCH/kernel.tmp
+	rm -rf "$tmp"
+	mkdir -p "$tmp/x"
+	(cd "$tmp" && apt_quiet download "$pkg")
+	# Only boot/ is needed: extracting the whole package (dpkg-deb -x) would
+	# also write ~400 MB of modules.
+	dpkg-deb --fsys-tarfile "$tmp"/*.deb | tar -x -C "$tmp/x" --wildcards './boot/vmlinuz-*'
+	local vmlinuz
+	vmlinuz=$(find "$tmp/x/boot" -name 'vmlinuz-*' | head -n 1)
+	[[ -n $vmlinuz ]] || die "no boot/vmlinuz-* in $pkg"
+	cp "$vmlinuz" "$CACHE/$(basename "$vmlinuz").tmp"
+	mv "$CACHE/$(basename "$vmlinuz").tmp" "$CACHE/$(basename "$vmlinuz")"
+	ln -sfn "$(basename "$vmlinuz")" "$CACHE/vmlinuz"
+	echo "$pkg" >"$CACHE/package"
+	rm -rf "$tmp"
+}
+
+# --- initramfs ---------------------------------------------------------------
+
+build_root() {
+	rm -rf "$ROOT" "$INITRD"
+	mkdir -p "$ROOT"/{bin,sbin,usr/bin,dev,proc,sys,tmp,etc,tests,src}
+	cd "$GODIR"
+	local module
+	module=$(go list -m)
+
+	local list format='{{.ImportPath}}	{{.Dir}}	{{len .TestGoFiles}}	{{len .XTestGoFiles}}	{{if .Error}}1{{else}}0{{end}}'
+	if ((${#PKGS[@]} > 0)); then
+		list=$(go list -e -f "$format" "${PKGS[@]}")
+	else
+		list=$(cd "$REPO" && go list -e -f "$format" ./... |
+			awk -F'\t' -v m="$module" '$1 != m "/scripts" && index($1, m "/scripts/") != 1')
+	fi
+
+	local ip dir nt nx lerr name failed=() built=0
+	while IFS=$'\t' read -r ip dir nt nx lerr; do
+		[[ -n $ip ]] || continue
+		if [[ $lerr == 1 ]]; then
+			go list "$ip" >&2 || true # prints the error
+			failed+=("$ip")
+			continue
+		fi
+		((nt + nx > 0)) || continue
+		if [[ $ip == "$module" ]]; then
+			name=$(basename "$module")
+		else
+			name=${ip#"$module"/}
+			name=${name//\//_}
+		fi
+		log "building $ip -> tests/$name.test"
+		if ! CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go test -c -o "$ROOT/tests/$name.test" "$ip"; then
+			failed+=("$ip")
+			continue
+		fi
+		built=$((built + 1))
+		mkdir -p "$ROOT/src/$name"
+		if [[ -d $dir/testdata ]]; then
+			cp -a "$dir/testdata" "$ROOT/src/$name/testdata"
+		fi
+	done <<<"$list"
+	if ((${#failed[@]} > 0)); then
+		die "could not build the tests of: ${failed[*]}"
+	fi
+	((built > 0)) || die "no package with tests among: ${PKGS[*]:-./...}"
+
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -o "$ROOT/init" "$module/scripts/vminit"
+
+	cp /bin/busybox "$ROOT/bin/busybox"
+	local applet
+	for applet in sh sleep cat echo ls ps kill mkdir true false setsid nohup head dd yes seq env grep; do
+		ln -s busybox "$ROOT/bin/$applet"
+	done
+	printf 'root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$ROOT/etc/passwd"
+	printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOT/etc/group"
+	printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' >"$ROOT/etc/hosts"
+	# The kernel opens /dev/console for /init before /init can mount devtmpfs.
+	if (($(id -u) == 0)); then
+		mknod -m 600 "$ROOT/dev/console" c 5 1
+		mknod -m 666 "$ROOT/dev/null" c 1 3
+	fi
+
+	(cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$INITRD"
+}
+
+# --- run ---------------------------------------------------------------------
+
+t0=$(now)
+get_kernel
+build_root
+log "initramfs $(du -h "$INITRD" | cut -f1) built in $(since "$t0")s; kernel $KERNEL"
+
+# KVM is used only where it is hardware virtualization (kvm_intel or kvm_amd):
+# a /dev/kvm can also belong to a software hypervisor that runs only kernels
+# built for it (kvm_pvm, on the machines this project is developed on), where
+# a stock kernel hangs before its first message. Even then, when /init does
+# not say hello within KVM_PROBE seconds, the run is retried with tcg.
+ACCEL=${CGPOOL_VM_ACCEL:-}
+AUTO=0
+if [[ -z $ACCEL ]]; then
+	AUTO=1
+	ACCEL=tcg
+	if [[ -r /dev/kvm && -w /dev/kvm ]] && [[ -d /sys/module/kvm_intel || -d /sys/module/kvm_amd ]]; then
+		ACCEL=kvm
+	fi
+fi
+KVM_PROBE=60
+[[ $ACCEL == kvm || $ACCEL == tcg ]] || die "CGPOOL_VM_ACCEL must be kvm or tcg, not $ACCEL"
+
+# quoted_param KEY VALUE: a kernel parameter; quotes keep spaces in the value.
+quoted_param() {
+	[[ $2 != *'"'* && $2 != *$'\n'* ]] || die "$1 value must not contain a double quote or newline: $2"
+	if [[ $2 =~ [[:space:]] ]]; then printf '%s="%s"' "$1" "$2"; else printf '%s=%s' "$1" "$2"; fi
+}
+APPEND="console=ttyS0 quiet panic=-1 rdinit=/init cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1"
+[[ -z $RUN ]] || APPEND+=" $(quoted_param cgpool.run "$RUN")"
+[[ -z $BENCH ]] || APPEND+=" $(quoted_param cgpool.bench "$BENCH")"
+[[ -z ${CGPOOL_VM_TEST_TIMEOUT:-} ]] || APPEND+=" $(quoted_param cgpool.timeout "$CGPOOL_VM_TEST_TIMEOUT")"
+
+# boot ACCEL: runs the VM, printing its console while it is written to
+# $CONSOLE, and sets qemu_rc. With kvm it returns 3 (and stops the VM) if
+# /init has not printed its first line within KVM_PROBE seconds.
+boot() {
+	local accel=$1
+	local qemu=(qemu-system-x86_64 -machine q35 -accel "$accel" -cpu max -smp 2 -m "$MEM"
+		-nographic -no-reboot -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND")
+	log "booting ($accel, ${MEM} MiB, timeout ${VM_TIMEOUT}s): ${qemu[*]}"
+	: >"$CONSOLE"
+	# stdin from /dev/null: qemu leaves the terminal alone. Backgrounded
+	# commands ignore SIGINT, so the traps above stop qemu on Ctrl-C.
+	timeout -k 10 "$VM_TIMEOUT" "${qemu[@]}" </dev/null >>"$CONSOLE" 2>&1 &
+	qemu_pid=$!
+	tail -s 0.2 -n +1 -f --pid="$qemu_pid" "$CONSOLE" &
+	tail_pid=$!
+	if [[ $accel == kvm ]]; then
+		local deadline=$((SECONDS + KVM_PROBE))
+		until grep -a -q 'vminit: kernel' "$CONSOLE"; do
+			if ! kill -0 "$qemu_pid" 2>/dev/null || ((SECONDS >= deadline)); then
+				stop_vm
+				return 3
+			fi
+			sleep 0.5
+		done
+	fi
+	set +e
+	wait "$qemu_pid"
+	qemu_rc=$?
+	wait "$tail_pid"
+	set -e
+	qemu_pid=""
+	tail_pid=""
+}
+
+if ((KEEP == 1)); then
+	log "kept: $ROOT and $INITRD"
+fi
+t1=$(now)
+qemu_rc=0
+if ! boot "$ACCEL"; then
+	msg="with kvm, /init did not start within ${KVM_PROBE}s (can this /dev/kvm run Debian's kernel?)"
+	((AUTO == 1)) || die "$msg; CGPOOL_VM_ACCEL=tcg avoids kvm"
+	log "$msg; retrying with tcg"
+	ACCEL=tcg
+	t1=$(now)
+	boot tcg
+fi
+log "VM ran for $(since "$t1")s with $ACCEL (qemu exit status $qemu_rc); console log: $CONSOLE"
+
+# --- results -----------------------------------------------------------------
+
+clean=$(tr -d '\r' <"$CONSOLE")
+summary=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-SUMMARY: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' | tail -n 1 || true)
+fails=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-TEST FAIL ' | cut -d' ' -f3- || true)
+skips=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-TEST SKIP ' | cut -d' ' -f3- || true)
+errors=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-ERROR: ' | cut -d' ' -f2- || true)
+
+echo
+if [[ -n $errors ]]; then
+	echo "ERROR in the VM:"
+	printf '%s\n' "$errors" | sed 's/^/  /'
+fi
+if [[ -n $fails ]]; then
+	echo "FAILED:"
+	printf '%s\n' "$fails" | sed 's/^/  /'
+fi
+if [[ -n $skips ]]; then
+	echo "SKIPPED (a skip inside the VM counts as a failure):"
+	printf '%s\n' "$skips" | sed 's/^/  /'
+fi
+
+if [[ -z $summary ]]; then
+	if ((qemu_rc == 124 || qemu_rc == 137)); then
+		why="timed out after ${VM_TIMEOUT}s (CGPOOL_VM_TIMEOUT)"
+	else
+		why="qemu exited with status $qemu_rc"
+	fi
+	err=$(printf '%s\n' "$clean" | grep -a -E 'Kernel panic' | tail -n 3 || true)
+	[[ -z $err ]] || printf '%s\n' "$err"
+	echo "vm-test: the VM did not finish its run: no CGPOOL-SUMMARY line ($why); see $CONSOLE"
+	passed=$(printf '%s\n' "$clean" | grep -c -a -E '^CGPOOL-TEST PASS ' || true)
+	nfail=$(printf '%s\n' "$clean" | grep -c -a -E '^CGPOOL-TEST FAIL ' || true)
+	nskip=$(printf '%s\n' "$clean" | grep -c -a -E '^CGPOOL-TEST SKIP ' || true)
+	echo "$passed passed, $((nfail + 1)) failed, $nskip skipped"
+	exit 1
+fi
+
+read -r passed failed skipped < <(echo "$summary" | sed -E 's/^CGPOOL-SUMMARY: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/')
+rc=0
+if ((failed > 0)); then
+	rc=1
+fi
+if ((skipped > 0)); then
+	echo "vm-test: $skipped skipped inside the VM"
+	rc=1
+fi
+if ((passed == 0)); then
+	if ((failed == 0 && skipped == 0)); then
+		echo "vm-test: no test passed: no test ran (does -run match anything?)"
+	else
+		echo "vm-test: no test passed"
+	fi
+	rc=1
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
+exit "$rc"
