@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/pool"
@@ -24,7 +25,11 @@ func intp(n int) *int { return &n }
 // binary as its worker program, and shuts it down when the test ends.
 func newPool(t *testing.T, mod func(*pool.Config)) (*pool.Supervisor, *pool.Pool) {
 	t.Helper()
-	r := kerneltest.NewRoot(t)
+	return newPoolOn(t, kerneltest.NewRoot(t), mod)
+}
+
+func newPoolOn(t *testing.T, r *cgroup.Root, mod func(*pool.Config)) (*pool.Supervisor, *pool.Pool) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

@@ -291,7 +291,7 @@ build_root() {
 
 	cp /bin/busybox "$ROOT/bin/busybox"
 	local applet
-	for applet in sh sleep cat echo ls ps kill mkdir true false setsid nohup head dd yes seq env grep; do
+	for applet in sh sleep cat echo ls ps kill mkdir true false setsid nohup head dd yes seq env grep awk cut tr tail wc sort xargs; do
 		ln -s busybox "$ROOT/bin/$applet"
 	done
 	printf 'root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$ROOT/etc/passwd"
