@@ -25,7 +25,7 @@ secs() { # run "$@" and print its wall time in seconds
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 xargs_run() { seq "$N" | xargs -P2 -I{} true {}; }
-cgpool_run() { seq "$N" | "$tmp/cgpool" run -j2 --progress never -q -- true {}; }
+cgpool_run() { seq "$N" | "$tmp/cgpool" run -j2 --progress never -q -- true {} 2>/dev/null; }
 
 : >"$tmp/x"
 : >"$tmp/c"
