@@ -43,7 +43,7 @@ func (c *capture) fill(r io.Reader, limit int64, wg *sync.WaitGroup) {
 // before the slot takes another task.
 func (s *slot) runExec(t *Task) {
 	p := s.p
-	before, _, _ := oomwatch.Read(s.group)
+	before := s.baseline
 	restore := s.taskMemory(t)
 	defer restore()
 

@@ -185,6 +185,16 @@ func (sc *serverConn) serve() {
 	}
 }
 
+// writeNow writes a frame from the connection's own goroutines (its reader,
+// a held submit): blocking on this client's socket stalls only this
+// client, and it saves waking the writer. Frames from pool goroutines go
+// through write.
+func (sc *serverConn) writeNow(h *ipc.Header) {
+	if err := sc.c.Write(h, nil); err != nil && !errors.Is(err, ipc.ErrClosed) {
+		sc.s.log.Debug("write to client failed", "client", sc.client, "err", err)
+	}
+}
+
 // write queues a frame for the client; it never blocks on the socket.
 func (sc *serverConn) write(h *ipc.Header, payload []byte) {
 	sc.omu.Lock()
@@ -280,7 +290,7 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		ct.task = t
 		sc.mu.Unlock()
 		cancel() // the hold is over; a later cancel goes to the pool
-		sc.write(&ipc.Header{Type: ipc.TypeAccepted, ID: id}, nil)
+		sc.writeNow(&ipc.Header{Type: ipc.TypeAccepted, ID: id})
 		close(ct.accepted)
 	}
 	if h.Hold {

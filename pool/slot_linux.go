@@ -51,7 +51,11 @@ type slot struct {
 	w                   *workerProc
 	env                 []string          // the environment this worker (or exec slot) started with
 	envVars             map[string]string // the pool's variables in env
-	failures            int
+	// baseline is the slot's OOM counters before its next task. A fresh
+	// group's are read once; they change only by an OOM kill, after which
+	// a worker slot is replaced and an exec slot re-reads them.
+	baseline oomwatch.Counters
+	failures int
 }
 
 func (s *slot) run() {
@@ -148,6 +152,9 @@ func (s *slot) setup() error {
 		return err
 	}
 	s.env, s.envVars = env, vars
+	if s.baseline, _, err = oomwatch.Read(g); err != nil {
+		return err
+	}
 	pid := 0
 	if p.cfg.Kind == KindWorker {
 		w, hello, err := startWorker(s.leafDir, p.cfg.Command, env, p.credential())
@@ -393,8 +400,7 @@ func (s *slot) runWorkerTask(t *Task) {
 	p := s.p
 	w := s.w
 	pid := w.pid()
-	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
-	before, _, _ := oomwatch.Read(s.group)
+	before := s.baseline
 	restore := s.taskMemory(t)
 	defer restore()
 	var timeoutC <-chan time.Time
@@ -405,7 +411,11 @@ func (s *slot) runWorkerTask(t *Task) {
 	}
 	var kill oomwatch.Reason
 	var reply *msg
-	if err := w.conn.Write(&ipc.Header{Type: ipc.TypeTask, ID: t.id, Env: t.spec.Env, TimeoutMS: t.spec.Timeout.Milliseconds()}, t.spec.Payload); err != nil {
+	err := w.conn.Write(&ipc.Header{Type: ipc.TypeTask, ID: t.id, Env: t.spec.Env, TimeoutMS: t.spec.Timeout.Milliseconds()}, t.spec.Payload)
+	// Told after the worker has the task, so that the bookkeeping overlaps
+	// the work; the outcome still follows it on the client's connection.
+	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
+	if err != nil {
 		p.log.Warn("could not send a task to its worker", "pid", pid, "err", err)
 	} else {
 	wait:
@@ -466,6 +476,7 @@ func (s *slot) runWorkerTask(t *Task) {
 // an outcome; exec says a clean exit is a result.
 func (s *slot) classify(t *Task, base Outcome, before oomwatch.Counters, kill oomwatch.Reason, e spawn.Exit) *Outcome {
 	after, _, _ := oomwatch.Read(s.group)
+	s.baseline = after
 	v := oomwatch.Classify(oomwatch.Facts{Before: before, After: after, SupervisorKill: kill, Exited: true, Signal: e.Signal, ExitCode: e.Code})
 	o := base
 	o.MemoryPeak, _ = s.group.MemoryPeak()
