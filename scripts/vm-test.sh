@@ -250,9 +250,9 @@ build_root() {
 
 	local list format='{{.ImportPath}}	{{.Dir}}	{{len .TestGoFiles}}	{{len .XTestGoFiles}}	{{if .Error}}1{{else}}0{{end}}'
 	if ((${#PKGS[@]} > 0)); then
-		list=$(go list -e -f "$format" "${PKGS[@]}")
+		list=$(go list -tags vm -e -f "$format" "${PKGS[@]}")
 	else
-		list=$(cd "$REPO" && go list -e -f "$format" ./... |
+		list=$(cd "$REPO" && go list -tags vm -e -f "$format" ./... |
 			awk -F'\t' -v m="$module" '$1 != m "/scripts" && index($1, m "/scripts/") != 1')
 	fi
 
@@ -272,7 +272,7 @@ build_root() {
 			name=${name//\//_}
 		fi
 		log "building $ip -> tests/$name.test"
-		if ! CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go test -c -o "$ROOT/tests/$name.test" "$ip"; then
+		if ! CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go test -tags vm -c -o "$ROOT/tests/$name.test" "$ip"; then
 			failed+=("$ip")
 			continue
 		fi
