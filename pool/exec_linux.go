@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/spawn"
@@ -93,12 +92,8 @@ func (s *slot) runExec(t *Task) {
 	p.mu.Unlock()
 	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
 
-	var timeoutC <-chan time.Time
-	if t.spec.Timeout > 0 {
-		timer := time.NewTimer(t.spec.Timeout)
-		defer timer.Stop()
-		timeoutC = timer.C
-	}
+	timeoutC, stop := deadline(t)
+	defer stop()
 	var kill oomwatch.Reason
 	select {
 	case <-proc.Done():

@@ -239,23 +239,30 @@ func (p *Pool) armExpiryLocked() {
 // expire fails the tasks whose queue deadline passed.
 func (p *Pool) expire() {
 	p.mu.Lock()
-	items := p.queue.Expire(time.Now())
-	var outs []*Task
-	for _, it := range items {
-		t := it.Value
-		t.state = done
-		delete(p.byID, t.id)
-		p.countLocked(&Outcome{Kind: QueueTimeout})
-		outs = append(outs, t)
-	}
-	if len(items) > 0 {
-		p.signalRoomLocked()
-	}
+	outs := p.dequeuedLocked(p.queue.Expire(time.Now()), QueueTimeout)
 	p.armExpiryLocked()
 	p.mu.Unlock()
 	for _, t := range outs {
 		t.notify(Event{Outcome: &Outcome{Kind: QueueTimeout, Message: fmt.Sprintf("not started within %v", t.spec.QueueTimeout)}})
 	}
+}
+
+// dequeuedLocked ends tasks just taken out of the queue with an outcome of
+// kind (counted now) and returns them; the caller notifies them after
+// unlocking.
+func (p *Pool) dequeuedLocked(items []sched.Item[*Task], kind OutcomeKind) []*Task {
+	out := make([]*Task, 0, len(items))
+	for _, it := range items {
+		t := it.Value
+		t.state = done
+		delete(p.byID, t.id)
+		p.countLocked(&Outcome{Kind: kind})
+		out = append(out, t)
+	}
+	if len(items) > 0 {
+		p.signalRoomLocked()
+	}
+	return out
 }
 
 // countLocked updates the statistics for a terminal outcome.
@@ -318,18 +325,7 @@ func (p *Pool) ForgetClient(client uint64) {
 		return
 	}
 	p.mu.Lock()
-	items := p.queue.RemoveClient(client)
-	var cancelled []*Task
-	for _, it := range items {
-		t := it.Value
-		t.state = done
-		delete(p.byID, t.id)
-		p.countLocked(&Outcome{Kind: Cancelled})
-		cancelled = append(cancelled, t)
-	}
-	if len(items) > 0 {
-		p.signalRoomLocked()
-	}
+	cancelled := p.dequeuedLocked(p.queue.RemoveClient(client), Cancelled)
 	if p.cfg.OnDisconnect == Terminate {
 		for _, t := range p.byID {
 			if t.spec.Client == client && t.state == running && !t.killed {
@@ -488,13 +484,7 @@ func (p *Pool) beginShutdown(o ShutdownOptions) {
 	p.draining = true
 	var cancelled []*Task
 	if o.CancelFutures || !o.Wait {
-		for _, it := range p.queue.Drain() {
-			t := it.Value
-			t.state = done
-			delete(p.byID, t.id)
-			p.countLocked(&Outcome{Kind: Cancelled})
-			cancelled = append(cancelled, t)
-		}
+		cancelled = p.dequeuedLocked(p.queue.Drain(), Cancelled)
 	}
 	p.signalRoomLocked() // held submitters wake up and see draining
 	if !o.Wait && o.CancelFutures {

@@ -28,18 +28,21 @@ func newPool(t *testing.T, mod func(*pool.Config)) (*pool.Supervisor, *pool.Pool
 	return newPoolOn(t, kerneltest.NewRoot(t), mod)
 }
 
-func newPoolOn(t *testing.T, r *cgroup.Root, mod func(*pool.Config)) (*pool.Supervisor, *pool.Pool) {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+// testConfig is a one-worker pool named "test" whose worker program is
+// this test binary (see TestMain), changed by mod.
+func testConfig(mod func(*pool.Config)) pool.Config {
+	exe, _ := os.Executable()
 	cfg := pool.Config{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1,
 		Env: map[string]string{"CGPOOL_TEST_WORKER": "1"}}
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := pool.NewSupervisor(r, []pool.Config{cfg}, nil)
+	return cfg
+}
+
+func newPoolOn(t testing.TB, r *cgroup.Root, mod func(*pool.Config)) (*pool.Supervisor, *pool.Pool) {
+	t.Helper()
+	s, err := pool.NewSupervisor(r, []pool.Config{testConfig(mod)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,18 +23,7 @@ func startServer(t *testing.T, mod func(*pool.Config)) (sock string, p *pool.Poo
 
 func startServerTB(t testing.TB, mod func(*pool.Config)) (sock string, p *pool.Pool) {
 	t.Helper()
-	r := kerneltest.NewRoot(t)
-	exe, _ := os.Executable()
-	cfg := pool.Config{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1,
-		Env: map[string]string{"CGPOOL_TEST_WORKER": "1"}}
-	if mod != nil {
-		mod(&cfg)
-	}
-	s, err := pool.NewSupervisor(r, []pool.Config{cfg}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _ = s.Pool("test")
+	s, p := newPoolOn(t, kerneltest.NewRoot(t), mod)
 	dir, err := os.MkdirTemp("", "cgpool-sock")
 	if err != nil {
 		t.Fatal(err)

@@ -27,9 +27,7 @@ func TestShutdownMatrix(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := kerneltest.NewRoot(t)
-			exe, _ := os.Executable()
-			s, err := pool.NewSupervisor(r, []pool.Config{{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1,
-				Env: map[string]string{"CGPOOL_TEST_WORKER": "1"}}}, nil)
+			s, err := pool.NewSupervisor(r, []pool.Config{testConfig(nil)}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -72,9 +70,7 @@ func TestShutdownMatrix(t *testing.T) {
 // TestShutdownFullBacklog: a full backlog never makes Shutdown fail.
 func TestShutdownFullBacklog(t *testing.T) {
 	r := kerneltest.NewRoot(t)
-	exe, _ := os.Executable()
-	s, err := pool.NewSupervisor(r, []pool.Config{{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1, MaxBacklog: 3,
-		Env: map[string]string{"CGPOOL_TEST_WORKER": "1"}}}, nil)
+	s, err := pool.NewSupervisor(r, []pool.Config{testConfig(func(c *pool.Config) { c.MaxBacklog = 3 })}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

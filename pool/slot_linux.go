@@ -403,12 +403,8 @@ func (s *slot) runWorkerTask(t *Task) {
 	before := s.baseline
 	restore := s.taskMemory(t)
 	defer restore()
-	var timeoutC <-chan time.Time
-	if t.spec.Timeout > 0 {
-		timer := time.NewTimer(t.spec.Timeout)
-		defer timer.Stop()
-		timeoutC = timer.C
-	}
+	timeoutC, stop := deadline(t)
+	defer stop()
 	var kill oomwatch.Reason
 	var reply *msg
 	err := w.conn.Write(&ipc.Header{Type: ipc.TypeTask, ID: t.id, Env: t.spec.Env, TimeoutMS: t.spec.Timeout.Milliseconds()}, t.spec.Payload)
@@ -631,4 +627,14 @@ func (s *slot) leftovers() int {
 		}
 	}
 	return n
+}
+
+// deadline returns a channel that fires when the task's timeout passes
+// (nil, never firing, without one) and the function that releases it.
+func deadline(t *Task) (<-chan time.Time, func() bool) {
+	if t.spec.Timeout <= 0 {
+		return nil, func() bool { return false }
+	}
+	timer := time.NewTimer(t.spec.Timeout)
+	return timer.C, timer.Stop
 }
