@@ -123,6 +123,22 @@ func TestSubmitExitCodes(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), `"tasks_received": 5`) {
 		t.Errorf("cgpool stats: %v\n%s", err, out)
 	}
+	out, err = cgpool(ctx, "ps", "--socket", sock).Output()
+	if err != nil || !strings.Contains(string(out), "POOL") || !strings.Contains(string(out), "default") {
+		t.Errorf("cgpool ps: %v\n%s", err, out)
+	}
+	for _, args := range [][]string{{"env", "GREETING=hi"}, {"recycle"}} {
+		if out, err := cgpool(ctx, append(args, "--socket", sock)...).CombinedOutput(); err != nil {
+			t.Errorf("cgpool %v: %v\n%s", args, err, out)
+		}
+	}
+	cmd = cgpool(ctx, "submit", "--socket", sock, "--", "sh", "-c", "echo $GREETING")
+	if out, err := cmd.Output(); err != nil || string(out) != "hi\n" {
+		t.Errorf("after cgpool env + recycle, the task printed %q (%v), want hi", out, err)
+	}
+	if out, err := cgpool(ctx, "submit", "--socket", sock, "--priority", "-1", "--", "true").CombinedOutput(); exitStatus(t, err) != exitCancelled {
+		t.Errorf("negative priority: %v\n%s", err, out)
+	}
 }
 
 // TestSubmitOOM: a task over its memory limit exits 125 (VM only).

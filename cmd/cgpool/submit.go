@@ -74,7 +74,7 @@ Ctrl-C cancels the task (its cgroup is killed).`,
 			defer c.Close()
 			f, err := c.Submit(ctx, t)
 			if err != nil {
-				return err
+				return submitExit(nil, err)
 			}
 			res, err := f.Wait(ctx)
 			if ctx.Err() != nil {
@@ -124,7 +124,7 @@ func submitExit(res *client.Result, err error) error {
 		code = exitSignal + pe.Signal
 	case errors.As(err, &pe):
 		code = exitCrashed
-	case errors.As(err, &ce), errors.As(err, &qe), errors.As(err, &re):
+	case errors.As(err, &ce), errors.As(err, &qe), errors.As(err, &re), errors.Is(err, client.ErrInvalid):
 		code = exitCancelled
 	}
 	fmt.Fprintln(os.Stderr, "cgpool:", err)
