@@ -53,7 +53,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		if err != nil {
 			break
 		}
-		sc := &serverConn{s: s, c: ipc.NewConn(c), tasks: map[uint64]*connTask{}, pools: map[*Pool]bool{}, wake: make(chan struct{}, 1)}
+		sc := &serverConn{s: s, c: ipc.NewConn(c), tasks: map[uint64]*connTask{}, pools: map[*Pool]bool{},
+			wake: make(chan struct{}, 1), writerDone: make(chan struct{})}
 		s.mu.Lock()
 		s.nextClient++
 		sc.client = s.nextClient
@@ -64,10 +65,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.ln.Close()
 	s.mu.Lock()
+	conns := make([]*serverConn, 0, len(s.conns))
 	for sc := range s.conns {
-		sc.c.Close()
+		conns = append(conns, sc)
 	}
 	s.mu.Unlock()
+	for _, sc := range conns {
+		sc.flushAndClose()
+	}
 	s.wg.Wait()
 	if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 		return nil
@@ -87,10 +92,11 @@ type serverConn struct {
 	// The outbox decouples the pool from the client: a slot never blocks
 	// on a client that reads slowly, and the writer sends whatever piled
 	// up in one batch (one syscall for many results).
-	omu     sync.Mutex
-	outbox  []ipc.Frame
-	wake    chan struct{} // cap 1
-	closing bool
+	omu        sync.Mutex
+	outbox     []ipc.Frame
+	wake       chan struct{} // cap 1
+	closing    bool
+	writerDone chan struct{}
 }
 
 type connTask struct {
@@ -103,18 +109,9 @@ type connTask struct {
 func (sc *serverConn) serve() {
 	s := sc.s
 	defer s.wg.Done()
-	writerDone := make(chan struct{})
-	go sc.writer(writerDone)
+	go sc.writer()
 	defer func() {
-		sc.omu.Lock()
-		closingBatch := sc.outbox
-		sc.outbox = nil
-		sc.closing = true
-		sc.outbox = closingBatch
-		sc.omu.Unlock()
-		sc.kick()
-		<-writerDone
-		sc.c.Close()
+		sc.flushAndClose()
 		sc.disconnected()
 		s.mu.Lock()
 		delete(s.conns, sc)
@@ -214,10 +211,30 @@ func (sc *serverConn) kick() {
 	}
 }
 
+// flushAndClose stops taking frames, lets the writer send what is queued
+// (for at most flushTimeout: a client that does not read loses them), and
+// closes the connection. It is idempotent.
+func (sc *serverConn) flushAndClose() {
+	sc.omu.Lock()
+	sc.closing = true
+	sc.omu.Unlock()
+	sc.kick()
+	select {
+	case <-sc.writerDone:
+	case <-time.After(flushTimeout):
+	}
+	sc.c.Close()
+	<-sc.writerDone
+}
+
+// flushTimeout bounds how long a closing connection waits for its client
+// to take the frames still queued for it.
+const flushTimeout = 2 * time.Second
+
 // writer sends the outbox in batches until the connection closes; frames
 // queued before closing are still sent.
-func (sc *serverConn) writer(done chan<- struct{}) {
-	defer close(done)
+func (sc *serverConn) writer() {
+	defer close(sc.writerDone)
 	for range sc.wake {
 		sc.omu.Lock()
 		batch, closing := sc.outbox, sc.closing
