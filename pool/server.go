@@ -85,9 +85,11 @@ type serverConn struct {
 	c      *ipc.Conn
 	client uint64
 
-	mu    sync.Mutex
-	tasks map[uint64]*connTask // by client id, until the final message
-	pools map[*Pool]bool
+	mu      sync.Mutex
+	tasks   map[uint64]*connTask // by client id, until the final message
+	pools   map[*Pool]bool
+	held    []func() // held submissions not yet taken, in arrival order
+	holding bool     // a goroutine is taking them
 
 	// The outbox decouples the pool from the client: a slot never blocks
 	// on a client that reads slowly, and the writer sends whatever piled
@@ -286,7 +288,11 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		sc.write(&oh, op)
 	}
 	do := func() {
-		t, err := p.Submit(ctx, spec, notify)
+		var t *Task
+		err := ctx.Err() // cancelled while waiting its turn among the held
+		if err == nil {
+			t, err = p.Submit(ctx, spec, notify)
+		}
 		if err != nil {
 			sc.forget(id)
 			held := ctx.Err() != nil
@@ -311,14 +317,40 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		close(ct.accepted)
 	}
 	if h.Hold {
-		sc.s.wg.Add(1)
-		go func() {
-			defer sc.s.wg.Done()
-			do()
-		}()
+		sc.hold(do)
 		return
 	}
 	do()
+}
+
+// hold queues a held submission. Held submissions enter the backlog in
+// arrival order (docs/protocol.md 3.1 rule 5): one goroutine per
+// connection, started when the first is held and ending when none is
+// left, takes them one after the other, so the reader goes on serving.
+func (sc *serverConn) hold(do func()) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.held = append(sc.held, do)
+	if sc.holding {
+		return
+	}
+	sc.holding = true
+	sc.s.wg.Add(1)
+	go func() {
+		defer sc.s.wg.Done()
+		for {
+			sc.mu.Lock()
+			if len(sc.held) == 0 {
+				sc.holding = false
+				sc.mu.Unlock()
+				return
+			}
+			next := sc.held[0]
+			sc.held = sc.held[1:]
+			sc.mu.Unlock()
+			next()
+		}
+	}()
 }
 
 func (sc *serverConn) forget(id uint64) {

@@ -3,6 +3,7 @@ package pool_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -263,5 +264,45 @@ func TestProtocolOutcomes(t *testing.T) {
 	}
 	if got[full].Reason != ipc.RejectQueueFull || got[bad].Reason != ipc.RejectUnknownPool {
 		t.Errorf("reject reasons %q, %q", got[full].Reason, got[bad].Reason)
+	}
+}
+
+// TestHeldSubmitsKeepArrivalOrder: held submissions enter the backlog in
+// the order they arrived, and a held one can be cancelled.
+func TestHeldSubmitsKeepArrivalOrder(t *testing.T) {
+	sock, _ := startServer(t, func(c *pool.Config) { c.MaxBacklog = 1 })
+	c := connect(t, sock)
+	first := c.submit(t, ipc.Header{Hold: true}, "sleep:300")
+	var ids []uint64
+	for range 20 {
+		ids = append(ids, c.submit(t, ipc.Header{Hold: true}, "echo:x"))
+	}
+	cancelled := ids[10]
+	c.c.Write(&ipc.Header{Type: ipc.TypeCancel, ID: cancelled}, nil)
+	var order []uint64
+	finals := 0
+	for finals < 21 {
+		h, _, err := c.c.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case h.Type == ipc.TypeRunning:
+			order = append(order, h.ID)
+		case ipc.IsFinal(h.Type):
+			finals++
+			if h.ID == cancelled && h.Type != ipc.TypeCancelled {
+				t.Errorf("the cancelled held submission ended with %s", h.Type)
+			}
+		}
+	}
+	want := []uint64{first}
+	for _, id := range ids {
+		if id != cancelled {
+			want = append(want, id)
+		}
+	}
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Errorf("start order %v, want arrival order %v", order, want)
 	}
 }

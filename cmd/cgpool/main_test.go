@@ -7,10 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/internal/kerneltest"
 )
 
@@ -209,5 +211,51 @@ func TestParseSize(t *testing.T) {
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("parseSize(%q) = %d, %v; want %d ok=%v", tc.in, got, err, tc.want, tc.ok)
 		}
+	}
+}
+
+// TestStaleRootSwept: the cgroup root left by a supervisor that was
+// SIGKILLed is removed by the next cgpool that starts.
+func TestStaleRootSwept(t *testing.T) {
+	requireCgroups(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "cgpool-cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s.sock")
+	cmd := cgpool(ctx, "serve", "--socket", sock, "--ready", "-j", "1")
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	m, err := cgroup.FindMount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(m.Point, "cgpool-"+strconv.Itoa(cmd.Process.Pid))
+	t.Cleanup(func() { // whatever this test leaves, it removes
+		if top, err := cgroup.OpenRoot(m.Point, nil); err == nil {
+			top.Child(filepath.Base(stale)).Destroy(context.Background(), 10*time.Second)
+		}
+	})
+	if _, err := os.Stat(stale); err != nil {
+		t.Fatalf("the supervisor's root %s: %v", stale, err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if _, err := os.Stat(stale); err != nil {
+		t.Fatalf("the killed supervisor's root is already gone (%v); nothing to test", err)
+	}
+	if out, err := cgpool(ctx, "run", "--", "true").CombinedOutput(); err != nil {
+		t.Fatalf("cgpool run: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale root %s still there after the next start: %v", stale, err)
 	}
 }

@@ -8,8 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/cgpool/cgpool/cgroup"
+	"golang.org/x/sys/unix"
 )
 
 // openRoot finds the cgroup root cgpool manages and takes it over:
@@ -54,6 +57,7 @@ func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root,
 				break
 			}
 		}
+		sweepStaleRoots(ctx, m, log)
 		dir := filepath.Join(m.Point, "cgpool-"+strconv.Itoa(os.Getpid()))
 		if r, err = cgroup.MkdirRoot(dir, log); err != nil {
 			return nil, fmt.Errorf("no delegated cgroup to manage: our own cgroup %s is not delegated to us, and %s cannot be created (%w); run cgpool as a systemd service with Delegate=yes, as root, or pass --root", self, dir, err)
@@ -64,4 +68,34 @@ func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root,
 		return nil, err
 	}
 	return r, nil
+}
+
+// sweepStaleRoots removes the cgpool-<pid> roots that earlier runs made at
+// the top of the hierarchy and could not remove because they were killed:
+// only groups carrying our mark, named after a pid that no longer runs.
+func sweepStaleRoots(ctx context.Context, m cgroup.MountInfo, log *slog.Logger) {
+	top, err := cgroup.OpenRoot(m.Point, log)
+	if err != nil {
+		return
+	}
+	ents, err := os.ReadDir(m.Point)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), "cgpool-")
+		pid, err := strconv.Atoi(rest)
+		if !ok || err != nil || !e.IsDir() || unix.Kill(pid, 0) == nil {
+			continue // not ours by name, or its supervisor may still run (or its pid was reused)
+		}
+		g := top.Child(e.Name())
+		if !g.Marked() {
+			continue
+		}
+		if err := g.Destroy(ctx, 10*time.Second); err != nil {
+			log.Warn("could not remove a stale cgpool root", "path", g.Path(), "err", err)
+			continue
+		}
+		log.Info("removed the cgroup root of a cgpool that was killed", "path", g.Path())
+	}
 }

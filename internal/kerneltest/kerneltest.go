@@ -18,7 +18,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,7 +45,30 @@ func Skipf(t testing.TB, format string, args ...any) {
 	t.Skipf(format, args...)
 }
 
-var seq atomic.Int64
+var (
+	seq       atomic.Int64
+	sweepOnce sync.Once
+)
+
+// sweepDeadRuns removes the test roots of earlier test processes that were
+// killed before their cleanup ran (a test binary past its -timeout, say):
+// cgpool-test-<pid>-<n>, marked as ours, whose pid no longer runs.
+func sweepDeadRuns(m cgroup.MountInfo) {
+	top, err := cgroup.OpenRoot(m.Point, nil)
+	if err != nil {
+		return
+	}
+	ents, _ := os.ReadDir(m.Point)
+	for _, e := range ents {
+		var pid, n int
+		if _, err := fmt.Sscanf(e.Name(), "cgpool-test-%d-%d", &pid, &n); err != nil || syscall.Kill(pid, 0) == nil {
+			continue
+		}
+		if g := top.Child(e.Name()); g.Marked() {
+			_ = g.Destroy(context.Background(), 10*time.Second)
+		}
+	}
+}
 
 // NewRoot creates a fresh cgroup root for the test under the cgroup v2
 // mount, takes it over (the test process stays where it is) and releases
@@ -66,6 +91,7 @@ func NewRoot(t testing.TB) *cgroup.Root {
 			t.Fatalf("enable controllers at the VM's top cgroup: %v", err)
 		}
 	}
+	sweepOnce.Do(func() { sweepDeadRuns(m) })
 	dir := filepath.Join(m.Point, fmt.Sprintf("cgpool-test-%d-%d", os.Getpid(), seq.Add(1)))
 	r, err := cgroup.MkdirRoot(dir, nil)
 	if err != nil {
