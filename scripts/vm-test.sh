@@ -174,7 +174,7 @@ apt_quiet() {
 }
 
 missing=()
-for pkg in qemu-system-x86 busybox-static cpio; do
+for pkg in qemu-system-x86 busybox-static cpio python3; do
 	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
 		missing+=("$pkg")
 	fi
@@ -294,6 +294,9 @@ build_root() {
 	for applet in sh sleep cat echo ls ps kill mkdir true false setsid nohup head dd yes seq env grep awk cut tr tail wc sort xargs; do
 		ln -s busybox "$ROOT/bin/$applet"
 	done
+	if [[ -e $ROOT/tests/internal_pyvm.test ]]; then
+		pack_python
+	fi
 	printf 'root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$ROOT/etc/passwd"
 	printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOT/etc/group"
 	printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' >"$ROOT/etc/hosts"
@@ -304,6 +307,32 @@ build_root() {
 	fi
 
 	(cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$INITRD"
+}
+
+# pack_python puts what internal/pyvm's test needs into the initramfs: the
+# cgpool binary, the Python package (python/ -> /python) and Debian's
+# python3 with its standard library and the shared libraries that ldd
+# lists for the interpreter and its extension modules.
+pack_python() {
+	local py=/usr/bin/python3 stdlib lib
+	[[ -x $py ]] || die "$py is needed for the Python tests in the VM"
+	stdlib=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+	log "packing $py and $stdlib for the Python tests"
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -o "$ROOT/bin/cgpool" "$module/cmd/cgpool"
+	cp -a "$REPO/python" "$ROOT/python"
+	mkdir -p "$ROOT/usr/bin" "$ROOT$stdlib"
+	cp -L "$py" "$ROOT/usr/bin/python3"
+	(cd "$stdlib" && tar --exclude=./test --exclude=./idlelib --exclude=./tkinter --exclude=./turtledemo \
+		--exclude=./ensurepip --exclude=./lib2to3 --exclude=./site-packages --exclude=./dist-packages -cf - .) |
+		(cd "$ROOT$stdlib" && tar -xf -)
+	{
+		ldd "$py"
+		find "$stdlib/lib-dynload" -name '*.so' -exec ldd {} \; 2>/dev/null
+	} | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u |
+		while read -r lib; do
+			mkdir -p "$ROOT$(dirname "$lib")"
+			cp -L "$lib" "$ROOT$lib"
+		done
 }
 
 # --- run ---------------------------------------------------------------------

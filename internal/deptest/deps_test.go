@@ -25,6 +25,7 @@ var allowed = map[string][]string{
 	"pool":                {"sched", "spawn", "cgroup", "oomwatch", "ipc"},
 	"internal/kerneltest": {"cgroup", "spawn"},
 	"internal/deptest":    nil,
+	"internal/pyvm":       {"internal/kerneltest", "cgroup", "spawn"},
 	"scripts/vminit":      nil,
 	"cmd/cgpool":          {"pool", "sched", "spawn", "cgroup", "oomwatch", "ipc", "client", "worker"},
 }
