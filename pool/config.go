@@ -39,6 +39,11 @@ type Config struct {
 	MinWorkers       *int          `toml:"min_workers"` // nil: = MaxWorkers
 	IdleDelay        time.Duration `toml:"idle_delay"`  // idle time before a worker above MinWorkers retires
 	MaxTasksPerChild int           `toml:"max_tasks_per_child"`
+	// SpareWorkers keeps this many workers started beyond the slots, each
+	// in its own slot group, so that a worker that dies is replaced by one
+	// that has already said hello (worker pools; a Python worker takes tens
+	// of milliseconds to start).
+	SpareWorkers int `toml:"spare_workers"`
 	// MaxWorkerMemoryBytes retires a worker whose slot (children included)
 	// uses at least this much after a task.
 	MaxWorkerMemoryBytes int64 `toml:"max_worker_memory_bytes"`
@@ -115,7 +120,7 @@ func (c Config) normalize() (Config, error) {
 	default:
 		return c, fmt.Errorf("pool %s: on_disconnect %q is not one of cancel_queued, continue, terminate", c.Name, c.OnDisconnect)
 	}
-	for _, v := range []int64{int64(c.MaxTasksPerChild), c.MaxWorkerMemoryBytes, c.TrimThresholdBytes, c.MemoryMax, c.MemoryHigh, c.PidsMax, c.OutputLimit} {
+	for _, v := range []int64{int64(c.MaxTasksPerChild), int64(c.SpareWorkers), c.MaxWorkerMemoryBytes, c.TrimThresholdBytes, c.MemoryMax, c.MemoryHigh, c.PidsMax, c.OutputLimit} {
 		if v < 0 {
 			return c, fmt.Errorf("pool %s: negative limit %d", c.Name, v)
 		}

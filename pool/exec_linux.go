@@ -49,7 +49,7 @@ func (s *slot) runExec(t *Task) {
 	// Each command sees the pool's environment current when it starts.
 	p.mu.Lock()
 	if !maps.Equal(s.envVars, p.env) {
-		s.env, s.envVars = s.envLocked(s.name), maps.Clone(p.env)
+		s.env, s.envVars = p.envLocked(s.name), maps.Clone(p.env)
 	}
 	p.mu.Unlock()
 	env := s.env

@@ -39,7 +39,9 @@ type Pool struct {
 	stopCh     chan struct{} // closed when stopping
 	killAll    chan struct{} // closed when running work must be killed
 	killOnce   sync.Once
-	room       chan struct{} // closed and replaced when the backlog has room again
+	room       chan struct{}     // closed and replaced when the backlog has room again
+	spares     chan *incarnation // prepared workers waiting for a slot
+	preparing  int               // spares being prepared
 	expiry     *time.Timer
 	deadline   *time.Timer // shutdown deadline
 	stats      Stats
@@ -82,7 +84,8 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 	p := &Pool{
 		cfg: cfg, group: g, ctrl: ctrl, limits: lim, log: log.With("pool", cfg.Name), base: base,
 		queue: sched.New[*Task](cfg.MaxBacklog), byID: map[uint64]*Task{}, slots: map[*slot]struct{}{},
-		env: maps.Clone(cfg.Env), stopCh: make(chan struct{}), killAll: make(chan struct{}), room: make(chan struct{}),
+		spares: make(chan *incarnation, max(cfg.SpareWorkers, 0)),
+		env:    maps.Clone(cfg.Env), stopCh: make(chan struct{}), killAll: make(chan struct{}), room: make(chan struct{}),
 	}
 	if p.env == nil {
 		p.env = map[string]string{}
@@ -93,6 +96,7 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 		p.startSlotLocked()
 	}
 	p.mu.Unlock()
+	p.refillSpares()
 	return p, nil
 }
 
@@ -534,6 +538,7 @@ func (p *Pool) Wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	p.releaseSpares()
 	p.mu.Lock()
 	if p.deadline != nil {
 		p.deadline.Stop()

@@ -117,7 +117,12 @@ func TestResultAndTaskError(t *testing.T) {
 func TestWorkerKilledFromOutside(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
-			_, p := newPool(t, func(c *pool.Config) { c.MaxWorkers = 2 })
+			_, p := newPool(t, func(c *pool.Config) {
+				c.MaxWorkers = 2
+				if sig == syscall.SIGKILL {
+					c.SpareWorkers = 1 // the replacement comes from the spare
+				}
+			})
 			// Two workers busy: one is the victim, the other must be unharmed.
 			victim := submit(t, p, pool.Spec{Payload: []byte("sleep:60000")})
 			other := submit(t, p, pool.Spec{Payload: []byte("sleep:300")})
@@ -268,9 +273,16 @@ func TestMaxTasksPerChild(t *testing.T) {
 	}
 }
 
-// TestEnvironment: acceptance 9.
+// TestEnvironment: acceptance 9, with and without a spare worker (a spare
+// started before a change must not serve after the recycle).
 func TestEnvironment(t *testing.T) {
-	_, p := newPool(t, func(c *pool.Config) { c.Env["COLOR"] = "red" })
+	for _, spares := range []int{0, 1} {
+		t.Run("spares="+strconv.Itoa(spares), func(t *testing.T) { testEnvironment(t, spares) })
+	}
+}
+
+func testEnvironment(t *testing.T, spares int) {
+	_, p := newPool(t, func(c *pool.Config) { c.Env["COLOR"] = "red"; c.SpareWorkers = spares })
 	if got := string(run(t, p, "env:COLOR").Payload); got != "red" {
 		t.Fatalf("COLOR = %q, want red", got)
 	}

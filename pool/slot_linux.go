@@ -39,22 +39,9 @@ type slot struct {
 	leafPath  string
 	groupRef  *cgroup.Group
 	tasksDone int64
-	gen       int
 
 	// Owned by the slot goroutine.
-	group   *cgroup.Group
-	leaf    *cgroup.Group
-	leafDir *os.File
-	// Kept open for the check after every task: reopening cgroupfs files
-	// cost a third of the supervisor's CPU on the no-op round trip.
-	leafProcs, slotStat *os.File
-	w                   *workerProc
-	env                 []string          // the environment this worker (or exec slot) started with
-	envVars             map[string]string // the pool's variables in env
-	// baseline is the slot's OOM counters before its next task. A fresh
-	// group's are read once; they change only by an OOM kill, after which
-	// a worker slot is replaced and an exec slot re-reads them.
-	baseline oomwatch.Counters
+	incarnation
 	failures int
 }
 
@@ -117,20 +104,50 @@ func (s *slot) start() bool {
 	}
 }
 
-// setup creates a fresh slot group and, for worker pools, starts the worker.
-func (s *slot) setup() error {
-	p := s.p
+// incarnation is one worker's resources: its slot group w-<n>, the leaf
+// w-<n>/worker, the files kept open on them, and (worker pools) the worker
+// process. A slot holds one at a time; spares wait in Pool.spares.
+type incarnation struct {
+	name    string
+	gen     int // the pool's recycle generation when it started
+	group   *cgroup.Group
+	leaf    *cgroup.Group
+	leafDir *os.File
+	// Kept open for the check after every task: reopening cgroupfs files
+	// cost a third of the supervisor's CPU on the no-op round trip.
+	leafProcs, slotStat *os.File
+	w                   *workerProc
+	env                 []string          // the environment this worker (or exec slot) started with
+	envVars             map[string]string // the pool's variables in env
+	// baseline is the slot's OOM counters before its next task. A fresh
+	// group's are read once; they change only by an OOM kill, after which
+	// a worker slot is replaced and an exec slot re-reads them.
+	baseline oomwatch.Counters
+	initErr  string // the worker's initializer error, from its hello
+}
+
+// prepare makes a fresh incarnation: a slot group with the pool's limits,
+// its leaf, and for worker pools a started worker that said hello. On
+// error nothing of it is left.
+func (p *Pool) prepare() (*incarnation, error) {
 	p.mu.Lock()
 	p.nextSeq++
-	name := "w-" + strconv.Itoa(p.nextSeq)
-	gen := p.recycleGen
-	env, vars := s.envLocked(name), maps.Clone(p.env)
+	inc := &incarnation{name: "w-" + strconv.Itoa(p.nextSeq), gen: p.recycleGen, envVars: maps.Clone(p.env)}
+	inc.env = p.envLocked(inc.name)
 	p.mu.Unlock()
-	g, err := p.group.Mkdir(name)
+	if err := inc.build(p); err != nil {
+		inc.release(p, false)
+		return nil, err
+	}
+	return inc, nil
+}
+
+func (inc *incarnation) build(p *Pool) error {
+	g, err := p.group.Mkdir(inc.name)
 	if err != nil {
 		return err
 	}
-	s.group = g
+	inc.group = g
 	if err := g.SetLimits(p.limits); err != nil {
 		return err
 	}
@@ -139,50 +156,153 @@ func (s *slot) setup() error {
 	if err := g.EnableControllers(p.ctrl...); err != nil {
 		return err
 	}
-	if s.leaf, err = g.Mkdir("worker"); err != nil {
+	if inc.leaf, err = g.Mkdir("worker"); err != nil {
 		return err
 	}
-	if s.leafDir, err = s.leaf.Open(); err != nil {
+	if inc.leafDir, err = inc.leaf.Open(); err != nil {
 		return err
 	}
-	if s.leafProcs, err = os.Open(filepath.Join(s.leaf.Path(), "cgroup.procs")); err != nil {
+	if inc.leafProcs, err = os.Open(filepath.Join(inc.leaf.Path(), "cgroup.procs")); err != nil {
 		return err
 	}
-	if s.slotStat, err = os.Open(filepath.Join(g.Path(), "cgroup.stat")); err != nil {
+	if inc.slotStat, err = os.Open(filepath.Join(g.Path(), "cgroup.stat")); err != nil {
 		return err
 	}
-	s.env, s.envVars = env, vars
-	if s.baseline, _, err = oomwatch.Read(g); err != nil {
+	if inc.baseline, _, err = oomwatch.Read(g); err != nil {
 		return err
 	}
-	pid := 0
 	if p.cfg.Kind == KindWorker {
-		w, hello, err := startWorker(s.leafDir, p.cfg.Command, env, p.credential())
+		w, hello, err := startWorker(inc.leafDir, p.cfg.Command, inc.env, p.credential())
 		if err != nil {
 			return err
 		}
-		s.w, pid = w, w.pid()
-		if hello.InitError != "" {
-			p.log.Warn("worker initializer failed; the worker serves tasks anyway", "pid", pid, "err", hello.InitError)
+		inc.w, inc.initErr = w, hello.InitError
+	}
+	return nil
+}
+
+// release stops the worker (gracefully if asked and possible) and destroys
+// the group: nothing that ran in it survives. It leaves inc empty.
+func (inc *incarnation) release(p *Pool, graceful bool) {
+	if inc.w != nil {
+		if graceful {
+			inc.w.askExit()
 		}
-		p.mu.Lock()
-		if hello.InitError != "" {
-			p.stats.InitializerFailures++
+		if inc.group != nil {
+			_ = inc.group.Kill()
 		}
-		p.mu.Unlock()
+		inc.w.kill()
+	}
+	for _, f := range []*os.File{inc.leafDir, inc.leafProcs, inc.slotStat} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	if inc.group != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+		if err := inc.group.Destroy(ctx, teardownTimeout); err != nil {
+			p.log.Error("could not remove a worker slot", "slot", inc.group.Path(), "err", err)
+		}
+		cancel()
+	}
+	*inc = incarnation{}
+}
+
+// setup gives the slot an incarnation: a waiting spare when one matches
+// the pool's current environment and generation, else a fresh one.
+func (s *slot) setup() error {
+	p := s.p
+	inc := p.takeSpare()
+	if inc == nil {
+		var err error
+		if inc, err = p.prepare(); err != nil {
+			return err
+		}
+	}
+	p.refillSpares()
+	s.incarnation = *inc
+	pid := 0
+	if s.w != nil {
+		pid = s.w.pid()
+		if s.initErr != "" {
+			p.log.Warn("worker initializer failed; the worker serves tasks anyway", "pid", pid, "err", s.initErr)
+		}
 	}
 	p.mu.Lock()
+	if s.initErr != "" {
+		p.stats.InitializerFailures++
+	}
 	p.stats.WorkerProcessesCreated++
-	s.name, s.leafPath, s.groupRef, s.gen, s.pid, s.alive = name, s.leaf.CgroupPath(), g, gen, pid, true
+	s.name, s.leafPath, s.groupRef, s.pid, s.alive = inc.name, s.leaf.CgroupPath(), s.group, pid, true
 	s.tasksDone = 0
 	p.mu.Unlock()
 	return nil
 }
 
+// takeSpare returns a prepared worker whose environment and generation
+// are current, or nil. A stale or dead spare is released.
+func (p *Pool) takeSpare() *incarnation {
+	select {
+	case inc := <-p.spares:
+		p.mu.Lock()
+		ok := inc.gen == p.recycleGen && maps.Equal(inc.envVars, p.env)
+		p.mu.Unlock()
+		if ok && (inc.w == nil || !inc.w.exited()) {
+			return inc
+		}
+		inc.release(p, true)
+	default:
+	}
+	return nil
+}
+
+// refillSpares starts preparing spares until SpareWorkers wait or are on
+// their way. Each preparer is a goroutine of the pool's WaitGroup.
+func (p *Pool) refillSpares() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for !p.stopping && p.cfg.Kind == KindWorker && len(p.spares)+p.preparing < p.cfg.SpareWorkers {
+		p.preparing++
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			inc, err := p.prepare()
+			p.mu.Lock()
+			p.preparing--
+			stopping := p.stopping
+			p.mu.Unlock()
+			if err != nil {
+				p.log.Warn("could not prepare a spare worker", "err", err)
+				return
+			}
+			if !stopping {
+				select {
+				case p.spares <- inc:
+					return
+				default:
+				}
+			}
+			inc.release(p, true)
+		}()
+	}
+}
+
+// releaseSpares ends the spares that wait (at shutdown, after every
+// preparer has finished).
+func (p *Pool) releaseSpares() {
+	for {
+		select {
+		case inc := <-p.spares:
+			inc.release(p, true)
+		default:
+			return
+		}
+	}
+}
+
 // envLocked builds a worker's environment: the supervisor's base, the
 // pool's variables, and where the slot is (for a nested cgpool).
-func (s *slot) envLocked(name string) []string {
-	p := s.p
+func (p *Pool) envLocked(name string) []string {
 	env := slices.Clone(p.base)
 	for _, k := range slices.Sorted(maps.Keys(p.env)) {
 		env = append(env, k+"="+p.env[k])
@@ -321,30 +441,7 @@ func (s *slot) teardown(graceful bool) {
 	p.mu.Lock()
 	s.alive, s.pid, s.state = false, 0, "starting"
 	p.mu.Unlock()
-	if s.w != nil {
-		if graceful {
-			s.w.askExit()
-		}
-		if s.group != nil {
-			_ = s.group.Kill()
-		}
-		s.w.kill()
-		s.w = nil
-	}
-	for _, f := range []**os.File{&s.leafDir, &s.leafProcs, &s.slotStat} {
-		if *f != nil {
-			(*f).Close()
-			*f = nil
-		}
-	}
-	if s.group != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
-		if err := s.group.Destroy(ctx, teardownTimeout); err != nil {
-			p.log.Error("could not remove a worker slot", "slot", s.group.Path(), "err", err)
-		}
-		cancel()
-		s.group, s.leaf = nil, nil
-	}
+	s.incarnation.release(p, graceful)
 }
 
 // finish records a task's outcome and delivers it.

@@ -37,6 +37,7 @@ type poolConfig struct {
 	MinWorkers           *int              `toml:"min_workers" json:"min_workers"`
 	IdleDelay            string            `toml:"idle_delay" json:"idle_delay"`
 	MaxTasksPerChild     int               `toml:"max_tasks_per_child" json:"max_tasks_per_child"`
+	SpareWorkers         int               `toml:"spare_workers" json:"spare_workers"`
 	MaxWorkerMemoryBytes size              `toml:"max_worker_memory_bytes" json:"max_worker_memory_bytes"`
 	TrimThresholdBytes   size              `toml:"trim_threshold_bytes" json:"trim_threshold_bytes"`
 	MemoryMax            size              `toml:"memory_max" json:"memory_max"`
@@ -153,7 +154,7 @@ func (pc poolConfig) toPool() (pool.Config, error) {
 	return pool.Config{
 		Name: pc.Name, Kind: pool.Kind(pc.Kind), Command: pc.Command,
 		MaxWorkers: pc.MaxWorkers, MinWorkers: pc.MinWorkers, IdleDelay: idle,
-		MaxTasksPerChild: pc.MaxTasksPerChild, MaxWorkerMemoryBytes: int64(pc.MaxWorkerMemoryBytes),
+		MaxTasksPerChild: pc.MaxTasksPerChild, SpareWorkers: pc.SpareWorkers, MaxWorkerMemoryBytes: int64(pc.MaxWorkerMemoryBytes),
 		TrimThresholdBytes: int64(pc.TrimThresholdBytes), MemoryMax: int64(pc.MemoryMax), MemoryHigh: int64(pc.MemoryHigh),
 		PidsMax: pc.PidsMax, CPUWeight: pc.CPUWeight, CPUMax: pc.CPUMax, MaxBacklog: pc.MaxBacklog,
 		Env: pc.Env, UID: pc.UID, GID: pc.GID, DefaultTimeout: timeout, OutputLimit: int64(pc.OutputLimit),

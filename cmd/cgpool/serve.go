@@ -27,6 +27,7 @@ type poolFlags struct {
 	maxWorkers           int
 	minWorkers           int
 	maxTasksPerChild     int
+	spareWorkers         int
 	maxWorkerMemory      string
 	trimThreshold        string
 	memoryMax, memoryHig string
@@ -45,6 +46,7 @@ func (f *poolFlags) register(cmd *cobra.Command, defaultKind string) {
 	fl.IntVarP(&f.maxWorkers, "max-workers", "j", runtime.NumCPU(), "most workers (slots) running at once")
 	fl.IntVar(&f.minWorkers, "min-workers", -1, "workers kept when idle (default: max-workers; 0 scales to zero)")
 	fl.IntVar(&f.maxTasksPerChild, "max-tasks-per-child", 0, "replace a worker after this many tasks (0: never)")
+	fl.IntVar(&f.spareWorkers, "spare-workers", 0, "workers kept started beyond max-workers, to replace a dead one at once (worker pools)")
 	fl.StringVar(&f.maxWorkerMemory, "max-worker-memory", "", "replace a worker whose cgroup uses this much after a task (e.g. 512M)")
 	fl.StringVar(&f.trimThreshold, "trim-threshold", "", "ask a worker to give memory back above this (e.g. 256M)")
 	fl.StringVar(&f.memoryMax, "memory-max", "", "memory.max of each worker's cgroup, e.g. 64M (needs the memory controller)")
@@ -57,7 +59,7 @@ func (f *poolFlags) register(cmd *cobra.Command, defaultKind string) {
 }
 
 func (f *poolFlags) config() (pool.Config, error) {
-	c := pool.Config{Name: f.name, Kind: pool.Kind(f.kind), MaxWorkers: f.maxWorkers, MaxTasksPerChild: f.maxTasksPerChild,
+	c := pool.Config{Name: f.name, Kind: pool.Kind(f.kind), MaxWorkers: f.maxWorkers, MaxTasksPerChild: f.maxTasksPerChild, SpareWorkers: f.spareWorkers,
 		PidsMax: f.pidsMax, MaxBacklog: f.maxBacklog, IdleDelay: f.idleDelay, DefaultTimeout: f.timeout, Env: map[string]string{}}
 	if f.command != "" {
 		c.Command = strings.Fields(f.command)

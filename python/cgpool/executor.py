@@ -218,7 +218,10 @@ class Executor(concurrent.futures.Executor):
     ``shutdown_cancel_futures`` (what ``with`` passes to ``shutdown``),
     ``propagate_environ`` (a mapping applied to every worker started after
     it changed, before the initializer), ``memory_max`` and ``pids_max`` (the
-    cgroup limits of each worker), ``default_timeout`` (seconds).
+    cgroup limits of each worker), ``default_timeout`` (seconds),
+    ``spare_workers`` (default 1: workers kept started beyond max_workers,
+    so that a worker that dies is replaced by one that has already started;
+    a Python worker takes tens of milliseconds to start).
 
     ``socket``: use a running ``cgpool serve`` at this path instead of
     starting a private one (``pool`` names the pool; its shape is the
@@ -243,7 +246,7 @@ class Executor(concurrent.futures.Executor):
                  max_backlog=1000, shutdown_wait=None, shutdown_cancel_futures=None,
                  propagate_environ=None, memory_max=None, pids_max=None,
                  idle_timeout=None, default_timeout=None, socket=None, pool=None,
-                 cgpool_bin=None, log_level=None):
+                 cgpool_bin=None, log_level=None, spare_workers=1):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if min_workers is not None and min_workers < 0:
@@ -287,6 +290,7 @@ class Executor(concurrent.futures.Executor):
                    "command": [sys.executable, "-m", "cgpool.worker"],
                    "max_workers": self.max_workers,
                    "max_backlog": self.max_backlog or 0,
+                   "spare_workers": int(spare_workers or 0),
                    "env": self._pool_env()}
             if min_workers is not None:
                 cfg["min_workers"] = min(min_workers, self.max_workers)

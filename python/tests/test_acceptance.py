@@ -214,7 +214,8 @@ class A8NothingLeftBehind(unittest.TestCase):
             a, b, leaf = line.split()
             leaf = support.leaf_dir(leaf)
             self.assertTrue(os.path.isdir(leaf))
-            self.assertEqual(len(support.pids_with_env("CGPOOL_TEST_MARK=" + mark)), 2)
+            # The two busy workers, and the spare worker if it has started.
+            self.assertIn(len(support.pids_with_env("CGPOOL_TEST_MARK=" + mark)), (2, 3))
         finally:
             p.kill()
             p.wait()
