@@ -92,21 +92,10 @@ func (s *slot) runExec(t *Task) {
 	p.mu.Unlock()
 	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
 
-	timeoutC, stop := deadline(t)
-	defer stop()
-	var kill oomwatch.Reason
-	select {
-	case <-proc.Done():
-	case <-timeoutC:
-		kill = oomwatch.Timeout
-	case <-t.kill:
-		kill = oomwatch.Cancel
-	}
-	if kill != "" {
-		if err := s.group.Kill(); err != nil {
-			p.log.Error("cgroup.kill failed", "slot", s.group.Path(), "err", err)
-		}
-	}
+	stop := p.armTimeout(t)
+	<-proc.Done() // a deadline or a hard cancel kills the group, and so the command
+	stop()
+	kill := p.killReason(t)
 	e := waitExit(proc, teardownTimeout)
 	proc.Close()
 	// Nothing outlives its task: kill what the command left in the slot.

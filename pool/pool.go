@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cgpool/cgpool/cgroup"
+	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/sched"
 )
 
@@ -36,9 +37,7 @@ type Pool struct {
 	recycleGen int
 	draining   bool
 	stopping   bool
-	stopCh     chan struct{} // closed when stopping
-	killAll    chan struct{} // closed when running work must be killed
-	killOnce   sync.Once
+	stopCh     chan struct{}     // closed when stopping
 	room       chan struct{}     // closed and replaced when the backlog has room again
 	spares     chan *incarnation // prepared workers waiting for a slot
 	preparing  int               // spares being prepared
@@ -85,7 +84,7 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 		cfg: cfg, group: g, ctrl: ctrl, limits: lim, log: log.With("pool", cfg.Name), base: base,
 		queue: sched.New[*Task](cfg.MaxBacklog), byID: map[uint64]*Task{}, slots: map[*slot]struct{}{},
 		spares: make(chan *incarnation, max(cfg.SpareWorkers, 0)),
-		env:    maps.Clone(cfg.Env), stopCh: make(chan struct{}), killAll: make(chan struct{}), room: make(chan struct{}),
+		env:    maps.Clone(cfg.Env), stopCh: make(chan struct{}), room: make(chan struct{}),
 	}
 	if p.env == nil {
 		p.env = map[string]string{}
@@ -130,7 +129,7 @@ func (p *Pool) Submit(ctx context.Context, spec Spec, notify func(Event)) (*Task
 			return nil, errDraining
 		}
 		p.nextID++
-		t := &Task{id: p.nextID, spec: spec, notify: notify, kill: make(chan struct{})}
+		t := &Task{id: p.nextID, spec: spec, notify: notify}
 		it := sched.Item[*Task]{ID: t.id, Priority: spec.Priority, Client: spec.Client, Value: t}
 		if spec.QueueTimeout > 0 {
 			it.Deadline = time.Now().Add(spec.QueueTimeout)
@@ -312,9 +311,8 @@ func (p *Pool) Cancel(id uint64, hard bool) (ok bool, state string) {
 		t.notify(Event{Outcome: &Outcome{Kind: Cancelled, Message: "cancelled before it started"}})
 		return true, "queued"
 	case running:
-		if hard && !t.killed {
-			t.killed = true
-			close(t.kill)
+		if hard {
+			p.killTaskLocked(t, oomwatch.Cancel)
 		}
 		p.mu.Unlock()
 		return hard, "running"
@@ -332,9 +330,8 @@ func (p *Pool) ForgetClient(client uint64) {
 	cancelled := p.dequeuedLocked(p.queue.RemoveClient(client), Cancelled)
 	if p.cfg.OnDisconnect == Terminate {
 		for _, t := range p.byID {
-			if t.spec.Client == client && t.state == running && !t.killed {
-				t.killed = true
-				close(t.kill)
+			if t.spec.Client == client {
+				p.killTaskLocked(t, oomwatch.Cancel)
 			}
 		}
 	}
@@ -520,12 +517,8 @@ func (p *Pool) beginShutdown(o ShutdownOptions) {
 
 func (p *Pool) killRunningLocked() {
 	for _, t := range p.byID {
-		if t.state == running && !t.killed {
-			t.killed = true
-			close(t.kill)
-		}
+		p.killTaskLocked(t, oomwatch.Cancel)
 	}
-	p.killOnce.Do(func() { close(p.killAll) })
 }
 
 // Wait blocks until every slot goroutine has exited after Shutdown, then

@@ -492,7 +492,11 @@ func waitExit(proc *spawn.Process, d time.Duration) spawn.Exit {
 }
 
 // runWorkerTask sends a task to the worker and waits for its answer, its
-// death, its deadline or a hard cancel.
+// death, its deadline or a hard cancel. The slot goroutine reads the
+// worker's socket itself (no reader goroutine between them: that hop
+// doubled the worker leg of a no-op round trip); a deadline or a hard
+// cancel kills the slot's group (killTaskLocked), the worker dies, and the
+// read ends.
 func (s *slot) runWorkerTask(t *Task) {
 	p := s.p
 	w := s.w
@@ -500,39 +504,24 @@ func (s *slot) runWorkerTask(t *Task) {
 	before := s.baseline
 	restore := s.taskMemory(t)
 	defer restore()
-	timeoutC, stop := deadline(t)
+	stop := p.armTimeout(t)
 	defer stop()
-	var kill oomwatch.Reason
 	var reply *msg
 	err := w.conn.Write(&ipc.Header{Type: ipc.TypeTask, ID: t.id, Env: t.spec.Env, TimeoutMS: t.spec.Timeout.Milliseconds()}, t.spec.Payload)
 	// Told after the worker has the task, so that the bookkeeping overlaps
 	// the work; the outcome still follows it on the client's connection.
 	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
-	if err != nil {
-		p.log.Warn("could not send a task to its worker", "pid", pid, "err", err)
-	} else {
-	wait:
-		for {
-			select {
-			case m, ok := <-w.msgs:
-				if !ok {
-					break wait // the socket ended: the worker is dying
-				}
-				if m.h.ID == t.id && (m.h.Type == ipc.TypeResult || m.h.Type == ipc.TypeTaskError) {
-					reply = &m
-					break wait
-				}
-				p.log.Warn("worker sent an unexpected message", "pid", pid, "type", m.h.Type, "id", m.h.ID)
-			case <-w.proc.Done():
-				break wait
-			case <-timeoutC:
-				kill = oomwatch.Timeout
-				break wait
-			case <-t.kill:
-				kill = oomwatch.Cancel
-				break wait
-			}
+	for err == nil {
+		var m msg
+		m.h, m.payload, err = w.conn.Read()
+		if err != nil {
+			break // the socket ended: the worker is dying (or broke the protocol)
 		}
+		if m.h.ID == t.id && (m.h.Type == ipc.TypeResult || m.h.Type == ipc.TypeTaskError) {
+			reply = &m
+			break
+		}
+		p.log.Warn("worker sent an unexpected message", "pid", pid, "type", m.h.Type, "id", m.h.ID)
 	}
 	base := Outcome{Pid: pid, Leaf: s.leafPath}
 	if reply != nil {
@@ -546,13 +535,9 @@ func (s *slot) runWorkerTask(t *Task) {
 		s.afterTask()
 		return
 	}
-	if kill != "" {
-		if err := s.group.Kill(); err != nil {
-			p.log.Error("cgroup.kill failed", "slot", s.group.Path(), "err", err)
-		}
-	} else {
-		// The socket ended or the process exited: give it a moment to be
-		// reaped, then make sure.
+	if p.killReason(t) == "" {
+		// The socket ended without a kill of ours: give the process a
+		// moment to be reaped, then make sure.
 		select {
 		case <-w.proc.Done():
 		case <-time.After(time.Second):
@@ -560,9 +545,42 @@ func (s *slot) runWorkerTask(t *Task) {
 		}
 	}
 	e := waitExit(w.proc, teardownTimeout)
-	o := s.classify(t, base, before, kill, e)
+	o := s.classify(t, base, before, p.killReason(t), e)
 	s.finish(t, o)
 	s.teardown(false)
+}
+
+// killReason returns why we killed a task's group, or "".
+func (p *Pool) killReason(t *Task) oomwatch.Reason {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return t.killReason
+}
+
+// killTaskLocked kills a running task's slot group, once, recording why.
+// The slot cannot finish the task while p.mu is held, so the kill always
+// hits the group the task runs in.
+func (p *Pool) killTaskLocked(t *Task, why oomwatch.Reason) {
+	if t.state != running || t.killReason != "" {
+		return
+	}
+	t.killReason = why
+	if err := t.slot.group.Kill(); err != nil {
+		p.log.Error("cgroup.kill failed", "slot", t.slot.group.Path(), "err", err)
+	}
+}
+
+// armTimeout kills the task's group when its timeout passes; the returned
+// function disarms it.
+func (p *Pool) armTimeout(t *Task) (stop func() bool) {
+	if t.spec.Timeout <= 0 {
+		return func() bool { return false }
+	}
+	return time.AfterFunc(t.spec.Timeout, func() {
+		p.mu.Lock()
+		p.killTaskLocked(t, oomwatch.Timeout)
+		p.mu.Unlock()
+	}).Stop
 }
 
 // classify turns the facts of a worker or command that ended mid-task into
@@ -646,16 +664,12 @@ func (s *slot) trim() {
 	if err := s.w.conn.Write(&ipc.Header{Type: ipc.TypeTrim}, nil); err != nil {
 		return
 	}
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
+	s.w.nc.SetReadDeadline(time.Now().Add(time.Second))
+	defer s.w.nc.SetReadDeadline(time.Time{})
 	for {
-		select {
-		case m, ok := <-s.w.msgs:
-			if !ok || m.h.Type == ipc.TypeTrimmed {
-				return
-			}
-		case <-t.C:
-			return
+		h, _, err := s.w.conn.Read()
+		if err != nil || h.Type == ipc.TypeTrimmed {
+			return // a worker too slow to answer is left as it is
 		}
 	}
 }
@@ -724,14 +738,4 @@ func (s *slot) leftovers() int {
 		}
 	}
 	return n
-}
-
-// deadline returns a channel that fires when the task's timeout passes
-// (nil, never firing, without one) and the function that releases it.
-func deadline(t *Task) (<-chan time.Time, func() bool) {
-	if t.spec.Timeout <= 0 {
-		return nil, func() bool { return false }
-	}
-	timer := time.NewTimer(t.spec.Timeout)
-	return timer.C, timer.Stop
 }

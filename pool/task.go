@@ -97,14 +97,14 @@ const (
 
 // Task is an accepted submission. Its fields are guarded by its pool's mutex.
 type Task struct {
-	id      uint64
-	spec    Spec
-	notify  func(Event)
-	state   taskState
-	slot    *slot
-	kill    chan struct{} // closed to hard-cancel a running task
-	killed  bool
-	started time.Time
+	id     uint64
+	spec   Spec
+	notify func(Event)
+	state  taskState
+	slot   *slot
+	// killReason is why we killed the task's group (timeout, cancel), or "".
+	killReason oomwatch.Reason
+	started    time.Time
 }
 
 // ID returns the pool-wide id of the task.

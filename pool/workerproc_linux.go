@@ -26,12 +26,12 @@ type msg struct {
 	payload []byte
 }
 
-// workerProc is one worker process and its protocol socket.
+// workerProc is one worker process and its protocol socket. Only the slot
+// goroutine that owns it reads the socket.
 type workerProc struct {
-	proc       *spawn.Process
-	conn       *ipc.Conn
-	msgs       chan msg // closed by the reader when the socket ends
-	readerDone chan struct{}
+	proc *spawn.Process
+	nc   net.Conn // for read deadlines
+	conn *ipc.Conn
 }
 
 // startWorker starts argv in the leaf with the worker socket on fd 3 and
@@ -52,7 +52,7 @@ func startWorker(leafDir *os.File, argv, env []string, cred *syscall.Credential)
 		ours.Close()
 		return nil, ipc.Header{}, err
 	}
-	nc, err := net.FileConn(ours) // a net.Conn, so that Close unblocks the reader
+	nc, err := net.FileConn(ours) // a net.Conn: deadlines, and Close unblocks a reader
 	ours.Close()
 	if err != nil {
 		_ = proc.Signal(syscall.SIGKILL)
@@ -60,48 +60,32 @@ func startWorker(leafDir *os.File, argv, env []string, cred *syscall.Credential)
 		proc.Close()
 		return nil, ipc.Header{}, err
 	}
-	w := &workerProc{proc: proc, conn: ipc.NewConn(nc), msgs: make(chan msg, 4), readerDone: make(chan struct{})}
-	go w.read()
-	timer := time.NewTimer(helloTimeout)
-	defer timer.Stop()
-	select {
-	case m, ok := <-w.msgs:
-		if ok && m.h.Type == ipc.TypeHello {
-			if m.h.Version != ipc.ProtocolVersion {
-				w.kill()
-				return nil, m.h, fmt.Errorf("worker speaks protocol version %d, want %d", m.h.Version, ipc.ProtocolVersion)
-			}
-			return w, m.h, nil
-		}
+	w := &workerProc{proc: proc, nc: nc, conn: ipc.NewConn(nc)}
+	nc.SetReadDeadline(time.Now().Add(helloTimeout))
+	h, _, err := w.conn.Read()
+	nc.SetReadDeadline(time.Time{})
+	switch {
+	case err == nil && h.Type == ipc.TypeHello && h.Version == ipc.ProtocolVersion:
+		return w, h, nil
+	case err == nil && h.Type == ipc.TypeHello:
+		err = fmt.Errorf("worker speaks protocol version %d, want %d", h.Version, ipc.ProtocolVersion)
+	case err == nil:
+		err = fmt.Errorf("worker %v sent %q before its hello", argv, h.Type)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		err = fmt.Errorf("worker %v did not say hello within %v", argv, helloTimeout)
+	default:
 		w.kill()
-		if !ok {
-			e, _ := proc.Wait(context.Background())
-			return nil, ipc.Header{}, fmt.Errorf("worker %v exited before its hello (%v)", argv, e)
-		}
-		return nil, ipc.Header{}, fmt.Errorf("worker %v sent %q before its hello", argv, m.h.Type)
-	case <-timer.C:
-		w.kill()
-		return nil, ipc.Header{}, fmt.Errorf("worker %v did not say hello within %v", argv, helloTimeout)
+		e, _ := proc.Wait(context.Background())
+		return nil, ipc.Header{}, fmt.Errorf("worker %v exited before its hello (%v)", argv, e)
 	}
+	w.kill()
+	return nil, ipc.Header{}, err
 }
 
 func (w *workerProc) pid() int { return w.proc.Pid() }
 
 // exited reports whether the worker has ended (it may not be reaped yet).
 func (w *workerProc) exited() bool { return w.proc.Exited() }
-
-// read is the one reader of the worker's socket.
-func (w *workerProc) read() {
-	defer close(w.readerDone)
-	defer close(w.msgs)
-	for {
-		h, payload, err := w.conn.Read()
-		if err != nil {
-			return
-		}
-		w.msgs <- msg{h, payload}
-	}
-}
 
 // kill SIGKILLs the worker process alone (its group is the caller's to
 // kill), then reaps and releases everything.
@@ -110,13 +94,10 @@ func (w *workerProc) kill() {
 	w.release()
 }
 
-// release waits for the process and the reader, and closes both.
+// release waits for the process and closes its socket and pidfd.
 func (w *workerProc) release() {
 	<-w.proc.Done()
 	w.conn.Close()
-	for range w.msgs { // drain so the reader can finish
-	}
-	<-w.readerDone
 	w.proc.Close()
 }
 
