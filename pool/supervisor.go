@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cgpool/cgpool/cgroup"
@@ -102,15 +103,7 @@ var systemdVars = []string{"NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_
 func baseEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		drop := false
-		for _, v := range systemdVars {
-			if k == v {
-				drop = true
-				break
-			}
-		}
-		if !drop {
+		if k, _, _ := strings.Cut(kv, "="); !slices.Contains(systemdVars, k) {
 			env = append(env, kv)
 		}
 	}

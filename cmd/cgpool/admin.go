@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -82,7 +83,7 @@ func psCmd() *cobra.Command {
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "POOL\tSLOT\tPID\tSTATE\tTASK\tMEM\tPEAK\tDONE\tLEAF")
-			for _, name := range slices.Sorted(mapsKeys(all)) {
+			for _, name := range slices.Sorted(maps.Keys(all)) {
 				for _, w := range all[name].Workers {
 					task := "-"
 					if w.Task != 0 {
@@ -93,16 +94,6 @@ func psCmd() *cobra.Command {
 			}
 			return tw.Flush()
 		})
-}
-
-func mapsKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 func human(n int64) string {
