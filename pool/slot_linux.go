@@ -664,6 +664,10 @@ func (s *slot) trim() {
 	if err := s.w.conn.Write(&ipc.Header{Type: ipc.TypeTrim}, nil); err != nil {
 		return
 	}
+	p := s.p
+	p.mu.Lock()
+	p.stats.WorkersTrimmed++
+	p.mu.Unlock()
 	s.w.nc.SetReadDeadline(time.Now().Add(time.Second))
 	defer s.w.nc.SetReadDeadline(time.Time{})
 	for {

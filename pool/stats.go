@@ -22,6 +22,7 @@ type Stats struct {
 	FailuresByReason        map[string]int64 `json:"failures_by_reason"`
 	LeftoverProcessesKilled int64            `json:"leftover_processes_killed"`
 	WorkersRetired          int64            `json:"workers_retired"`
+	WorkersTrimmed          int64            `json:"workers_trimmed"`
 	InitializerFailures     int64            `json:"initializer_failures"`
 	WorkerStartFailures     int64            `json:"worker_start_failures"`
 	MaxWorkers              int              `json:"max_workers"`

@@ -46,6 +46,7 @@ func TestMain(m *testing.M) {
 //	exit:N     exit the worker with status N mid-task
 //	alloc:MIB  allocate and touch MIB MiB, answer "ok"
 //	daemon:F   start a detached, setsid child that writes its pid to F, then sleep forever
+//	leave      start a detached child that outlives the task; answer its pid
 //	spin       ignore every catchable signal and spin on the CPU forever
 func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 	op, arg, _ := strings.Cut(string(t.Payload), ":")
@@ -89,6 +90,18 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		for { // not select {}: with nothing else running, that is a fatal deadlock
 			time.Sleep(time.Hour)
 		}
+	case "leave":
+		// Start a detached child that outlives the task, and answer.
+		exe, _ := os.Executable()
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), "CGPOOL_TEST_WORKER=", kerneltest.HelperEnv+"=sleep")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		pid := cmd.Process.Pid
+		cmd.Process.Release()
+		return []byte(strconv.Itoa(pid)), nil
 	case "spin":
 		for s := syscall.Signal(1); s <= 64; s++ {
 			if s != syscall.SIGKILL && s != syscall.SIGSTOP {

@@ -1,0 +1,120 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cgpool/cgpool/oomwatch"
+	"github.com/cgpool/cgpool/pool"
+)
+
+// waitGone polls until pid no longer runs, failing after d.
+func waitGone(t *testing.T, pid int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for pidAlive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still alive after %v", pid, d)
+		}
+		time.Sleep(time.Millisecond) // polling /proc with a deadline
+	}
+}
+
+// TestLeftoversKilled: a child a task leaves behind is killed before the
+// slot runs another task, and the statistics count it.
+func TestLeftoversKilled(t *testing.T) {
+	_, p := newPool(t, nil)
+	o := run(t, p, "leave")
+	if o.Kind != pool.Result {
+		t.Fatalf("leave: %+v", o)
+	}
+	left, _ := strconv.Atoi(string(o.Payload))
+	if o2 := run(t, p, "pid"); o2.Kind != pool.Result {
+		t.Fatalf("next task: %+v", o2)
+	}
+	waitGone(t, left, 5*time.Second)
+	if st := p.Stats(); st.LeftoverProcessesKilled < 1 {
+		t.Errorf("leftover_processes_killed = %d, want >= 1", st.LeftoverProcessesKilled)
+	}
+}
+
+// TestMemoryCeilingAndTrim: a worker at or above max_worker_memory_bytes
+// after a task is replaced; above the trim threshold it is asked to give
+// memory back.
+func TestMemoryCeilingAndTrim(t *testing.T) {
+	_, p := newPool(t, func(c *pool.Config) { c.MaxWorkerMemoryBytes = 1 })
+	a, b := run(t, p, "pid"), run(t, p, "pid")
+	if string(a.Payload) == string(b.Payload) {
+		t.Errorf("a worker over max_worker_memory_bytes served again (pid %s)", a.Payload)
+	}
+	_, q := newPool(t, func(c *pool.Config) { c.TrimThresholdBytes = 1 })
+	a, b = run(t, q, "pid"), run(t, q, "pid")
+	if string(a.Payload) != string(b.Payload) {
+		t.Errorf("trimming replaced the worker: %s then %s", a.Payload, b.Payload)
+	}
+	if st := q.Stats(); st.WorkersTrimmed < 2 {
+		t.Errorf("workers_trimmed = %d after two tasks over the threshold, want 2", st.WorkersTrimmed)
+	}
+}
+
+// TestSoftCancelOfRunningTask: an ordinary cancel of a running task says
+// no and lets it finish, as concurrent.futures does.
+func TestSoftCancelOfRunningTask(t *testing.T) {
+	_, p := newPool(t, nil)
+	f := newFuture()
+	task, err := p.Submit(context.Background(), pool.Spec{Payload: []byte("sleep:200")}, f.notify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-f.running
+	if ok, state := p.Cancel(task.ID(), false); ok || state != "running" {
+		t.Errorf("soft cancel of a running task = %v, %q; want false, running", ok, state)
+	}
+	if o := f.wait(t, 10*time.Second); o.Kind != pool.Result {
+		t.Errorf("the task after a refused cancel: %+v", o)
+	}
+}
+
+// TestInitializerAndStartFailures: a worker whose initializer fails serves
+// tasks anyway and is counted; a worker program that cannot start fails
+// the queued task with a process error instead of leaving it waiting.
+func TestInitializerAndStartFailures(t *testing.T) {
+	_, p := newPool(t, func(c *pool.Config) { c.Env["CGPOOL_TEST_INIT_FAIL"] = "no database" })
+	if o := run(t, p, "echo:x"); o.Kind != pool.Result {
+		t.Errorf("task on a worker whose initializer failed: %+v", o)
+	}
+	if st := p.Stats(); st.InitializerFailures < 1 {
+		t.Errorf("initializer_failures = %d", st.InitializerFailures)
+	}
+	_, q := newPool(t, func(c *pool.Config) { c.Command = []string{"/nonexistent/worker"}; c.MinWorkers = intp(0) })
+	o := run(t, q, "echo:x")
+	if o.Kind != pool.ProcessError || o.Reason != oomwatch.Crashed || !strings.Contains(o.Message, "no worker could be started") {
+		t.Errorf("task on a pool whose worker cannot start: %+v", o)
+	}
+}
+
+// TestExecPool: an exec pool returns exit status and bounded output,
+// and kills what a command leaves behind.
+func TestExecPool(t *testing.T) {
+	_, p := newPool(t, func(c *pool.Config) { c.Kind, c.Command, c.OutputLimit = pool.KindExec, nil, 8 })
+	o := submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "echo 0123456789; echo err >&2; exit 4"}}).wait(t, 10*time.Second)
+	if o.Kind != pool.Result || o.ExitCode != 4 || string(o.Stdout) != "01234567" || !o.StdoutTruncated || string(o.Stderr) != "err\n" {
+		t.Errorf("exec outcome %+v (stdout %q, stderr %q)", o, o.Stdout, o.Stderr)
+	}
+	o = submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "setsid sleep 100 & echo $!"}}).wait(t, 10*time.Second)
+	left, _ := strconv.Atoi(strings.TrimSpace(string(o.Stdout)))
+	if o.Kind != pool.Result || left == 0 {
+		t.Fatalf("exec with a leftover: %+v", o)
+	}
+	waitGone(t, left, 5*time.Second)
+	if st := p.Stats(); st.LeftoverProcessesKilled < 1 {
+		t.Errorf("leftover_processes_killed = %d", st.LeftoverProcessesKilled)
+	}
+	if _, err := p.Submit(context.Background(), pool.Spec{Payload: []byte("x")}, nil); !errors.Is(err, pool.ErrInvalid) {
+		t.Errorf("exec task without argv: %v, want ErrInvalid", err)
+	}
+}
