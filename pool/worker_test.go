@@ -78,29 +78,19 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		}
 		return []byte(fmt.Sprintf("ok %d", len(keep))), nil
 	case "daemon":
-		exe, _ := os.Executable()
-		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), "CGPOOL_TEST_WORKER=", kerneltest.HelperEnv+"=sleep")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
+		pid, err := startDetached()
+		if err != nil {
 			return nil, err
 		}
-		os.WriteFile(arg, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
-		cmd.Process.Release()
+		os.WriteFile(arg, []byte(strconv.Itoa(pid)), 0o644)
 		for { // not select {}: with nothing else running, that is a fatal deadlock
 			time.Sleep(time.Hour)
 		}
 	case "leave":
-		// Start a detached child that outlives the task, and answer.
-		exe, _ := os.Executable()
-		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), "CGPOOL_TEST_WORKER=", kerneltest.HelperEnv+"=sleep")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
+		pid, err := startDetached()
+		if err != nil {
 			return nil, err
 		}
-		pid := cmd.Process.Pid
-		cmd.Process.Release()
 		return []byte(strconv.Itoa(pid)), nil
 	case "spin":
 		for s := syscall.Signal(1); s <= 64; s++ {
@@ -112,4 +102,19 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		}
 	}
 	return nil, fmt.Errorf("unknown op %q", op)
+}
+
+// startDetached starts a child of its own session that sleeps forever and
+// is nobody's to wait for, as a daemon a task forks would be.
+func startDetached() (int, error) {
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "CGPOOL_TEST_WORKER=", kerneltest.HelperEnv+"=sleep")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	pid := cmd.Process.Pid
+	cmd.Process.Release()
+	return pid, nil
 }
