@@ -110,6 +110,7 @@ func serveCmd() *cobra.Command {
 	var (
 		configPath, socket, root, logLevel string
 		exitWithStdin, ready               bool
+		privateDir                         string
 		pf                                 poolFlags
 	)
 	cmd := &cobra.Command{
@@ -166,6 +167,14 @@ cgroup and the socket file are removed.`,
 				}
 				cfgs = append(cfgs, c)
 			}
+			if privateDir != "" {
+				if filepath.Dir(fc.Socket) != filepath.Clean(privateDir) {
+					return usageErr(fmt.Errorf("--private-dir %s must be the directory of the socket %s", privateDir, fc.Socket))
+				}
+				// Removed on every way out that runs Go code: the owner may
+				// have been SIGKILLed and cannot do it.
+				defer os.RemoveAll(privateDir)
+			}
 			return serve(cmd.Context(), log, fc, cfgs, exitWithStdin, ready)
 		},
 	}
@@ -176,6 +185,7 @@ cgroup and the socket file are removed.`,
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&exitWithStdin, "exit-with-stdin", false, "shut down when stdin reaches end of file (for a parent that owns this supervisor)")
 	fl.BoolVar(&ready, "ready", false, "print \"ready SOCKET\" on stdout once the socket listens")
+	fl.StringVar(&privateDir, "private-dir", "", "a directory made for this supervisor alone (its socket's); removed with everything in it on exit")
 	pf.register(cmd, "exec")
 	return cmd
 }

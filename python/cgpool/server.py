@@ -58,7 +58,8 @@ class PrivateServer:
 
     def __init__(self, pool_config, binary=None, ready_timeout=60.0, log_level="warn"):
         self.binary = binary or find_binary()
-        self.dir = tempfile.mkdtemp(prefix="cgpool-")
+        _sweep_dead_dirs()
+        self.dir = tempfile.mkdtemp(prefix="cgpool-py-%d-" % os.getpid())
         self.socket = os.path.join(self.dir, "cgpool.sock")
         self.config_path = os.path.join(self.dir, "config.json")
         self.config = {"socket": self.socket, "log_level": log_level, "pools": [pool_config]}
@@ -76,7 +77,8 @@ class PrivateServer:
         r, w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [self.binary, "serve", "--config", self.config_path, "--exit-with-stdin", "--ready"],
+                [self.binary, "serve", "--config", self.config_path, "--exit-with-stdin", "--ready",
+                 "--private-dir", self.dir],
                 stdin=subprocess.PIPE, stdout=w, stderr=w, close_fds=True,
                 start_new_session=True)
         except OSError as e:
@@ -188,3 +190,29 @@ class PrivateServer:
 
     def _cleanup_dir(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _sweep_dead_dirs():
+    """Remove the directories of private supervisors whose Python process
+    is gone and whose supervisor could not remove them either (it was
+    killed with the cgroup slot of a task that nested it): cgpool-py-<pid>-*
+    in the temporary directory, ours, with no live <pid>."""
+    tmp = tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 4 or parts[0] != "cgpool" or parts[1] != "py" or not parts[2].isdigit():
+            continue
+        path = os.path.join(tmp, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(parts[2]), 0)
+            continue  # its owner still runs
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue

@@ -232,3 +232,25 @@ class A8NothingLeftBehind(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class NoTempDirLeft(unittest.TestCase):
+    """The private supervisor's directory (socket and config) goes with it,
+    also when the Python process that owned it was SIGKILLed."""
+
+    def test_private_dir_removed_after_sigkill(self):
+        support.require_cgpool()
+        p = subprocess.Popen([sys.executable, "-c",
+                              "import cgpool, sys, time\n"
+                              "ex = cgpool.Executor(max_workers=1)\n"
+                              "print(ex._server.dir, flush=True)\n"
+                              "time.sleep(600)\n"],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+        try:
+            d = p.stdout.readline().strip()
+            self.assertTrue(d and os.path.isdir(d), d)
+        finally:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+        support.wait_until(lambda: not os.path.exists(d), timeout=15, what="private dir %s removed" % d)
