@@ -367,3 +367,30 @@ func TestScaleToZero(t *testing.T) {
 		t.Errorf("after scaling to zero: %+v", o)
 	}
 }
+
+// TestFreshWorkerGetsCurrentEnvironment: a replacement worker that has not
+// run a task yet takes the environment current when its first task
+// starts, whatever the timing of its start.
+func TestFreshWorkerGetsCurrentEnvironment(t *testing.T) {
+	for _, spares := range []int{0, 1} {
+		t.Run("spares="+strconv.Itoa(spares), func(t *testing.T) {
+			_, p := newPool(t, func(c *pool.Config) { c.MaxTasksPerChild = 1; c.SpareWorkers = spares; c.Env["PROP"] = "0" })
+			for i := range 20 {
+				// Let the replacement of the last task's worker start first,
+				// so that the change comes after it: the case to get right.
+				deadline := time.Now().Add(10 * time.Second)
+				for p.Stats().WorkerProcessesCreated < int64(i+1) {
+					if time.Now().After(deadline) {
+						t.Fatalf("round %d: no replacement worker within 10s", i)
+					}
+					time.Sleep(time.Millisecond) // polling the replacement with a deadline
+				}
+				want := strconv.Itoa(i)
+				p.SetEnv(map[string]string{"PROP": want}, false)
+				if got := string(run(t, p, "env:PROP").Payload); got != want {
+					t.Fatalf("round %d: PROP = %q, want %q", i, got, want)
+				}
+			}
+		})
+	}
+}

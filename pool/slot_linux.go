@@ -359,6 +359,13 @@ func (s *slot) next() (t *Task, restart bool) {
 			p.stats.WorkersRetired++
 			return nil, true
 		}
+		if p.cfg.Kind == KindWorker && s.tasksDone == 0 && p.queue.Len() > 0 && !maps.Equal(s.envVars, p.env) {
+			// A worker that has not run a task yet starts, as far as any
+			// task can tell, with its first one: give it the environment
+			// current now, not the one of when it was prepared (as
+			// Deadpool, which starts a replacement when a task needs it).
+			return nil, true
+		}
 		if s.w != nil && s.w.exited() {
 			p.log.Warn("idle worker died; replacing it (no task was running)", "pid", s.pid)
 			return nil, true
