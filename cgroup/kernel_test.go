@@ -115,10 +115,12 @@ func TestSweepAfterCrash(t *testing.T) {
 	var workers []int
 	for _, w := range []string{"w-1", "w-2"} {
 		var procs []int
-		waitFor(t, 5*time.Second, w+" holds a worker and its child", func() (bool, string) {
+		waitFor(t, 10*time.Second, w+" holds a worker and its exec'd child", func() (bool, string) {
 			var err error
 			procs, err = pool.Child(w).Procs()
-			return err == nil && len(procs) == 2, fmtInts(procs)
+			// The child must have exec'd: until then it shares its parent's
+			// memory (vfork) and dies with it.
+			return err == nil && len(procs) == 2 && slices.ContainsFunc(procs, execdSleeper), fmtInts(procs)
 		})
 		workers = append(workers, procs...)
 	}
@@ -418,4 +420,10 @@ func TestKilledGroupIsNotReusable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("a child cloned into a group after its parent was killed: %v (cgpool never does this)", run())
+}
+
+// execdSleeper reports whether pid runs the "sleep" helper (it has exec'd).
+func execdSleeper(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	return err == nil && strings.Contains(string(b), kerneltest.HelperEnv+"=sleep\x00")
 }
