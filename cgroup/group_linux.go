@@ -181,6 +181,28 @@ func (g *Group) Procs() ([]int, error) {
 	return pids, nil
 }
 
+// SubtreeProcs lists the processes in this group and every group below it.
+// A group removed during the walk is skipped; other errors end it, with
+// the pids found so far.
+func (g *Group) SubtreeProcs() ([]int, error) {
+	var all []int
+	err := filepath.WalkDir(g.dir, func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		pids, err := (&Group{mount: g.mount, dir: p}).Procs()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		all = append(all, pids...)
+		return err
+	})
+	return all, err
+}
+
 // Controllers reads cgroup.controllers: the controllers the parent lets
 // this group use.
 func (g *Group) Controllers() ([]string, error) {

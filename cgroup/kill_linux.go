@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -51,28 +50,23 @@ func (g *Group) FreezeKill(ctx context.Context) error {
 			return fmt.Errorf("freeze %s: %w", g.dir, err)
 		}
 	}
-	return filepath.WalkDir(g.dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return err
+	pids, err := g.SubtreeProcs()
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if errors.Is(err, unix.ESRCH) {
+			continue
 		}
-		pids, err := (&Group{mount: g.mount, dir: p}).Procs()
 		if err != nil {
-			return err
+			return os.NewSyscallError("pidfd_open", err)
 		}
-		for _, pid := range pids {
-			fd, err := unix.PidfdOpen(pid, 0)
-			if errors.Is(err, unix.ESRCH) {
-				continue
-			}
-			if err != nil {
-				return os.NewSyscallError("pidfd_open", err)
-			}
-			err = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
-			unix.Close(fd)
-			if err != nil && !errors.Is(err, unix.ESRCH) {
-				return os.NewSyscallError("pidfd_send_signal", err)
-			}
+		err = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+		unix.Close(fd)
+		if err != nil && !errors.Is(err, unix.ESRCH) {
+			return os.NewSyscallError("pidfd_send_signal", err)
 		}
-		return nil
-	})
+	}
+	return nil
 }

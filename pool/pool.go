@@ -268,7 +268,9 @@ func (p *Pool) dequeuedLocked(items []sched.Item[*Task], kind OutcomeKind) []*Ta
 	return out
 }
 
-// countLocked updates the statistics for a terminal outcome.
+// countLocked updates the statistics for a terminal outcome. Anything but
+// a result or a cancellation counts in tasks_failed; an exec command's
+// non-zero exit is a result.
 func (p *Pool) countLocked(o *Outcome) {
 	switch {
 	case o.Kind == Result:

@@ -705,22 +705,7 @@ func (s *slot) memory() int64 {
 
 // procs lists every process in the slot's subtree.
 func (s *slot) procs() []int {
-	var pids []int
-	_ = filepath.WalkDir(s.group.Path(), func(path string, d os.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return nil
-		}
-		b, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))
-		if err != nil {
-			return nil
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				pids = append(pids, n)
-			}
-		}
-		return nil
-	})
+	pids, _ := s.group.SubtreeProcs() // a best effort: it sizes a count and a log line
 	return pids
 }
 

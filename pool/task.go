@@ -60,12 +60,6 @@ type Outcome struct {
 	Timeout time.Duration // TimedOut: the limit that passed
 }
 
-// Failed reports whether the outcome counts in tasks_failed: anything but
-// a result or a cancellation. An exec command's non-zero exit is a result.
-func (o *Outcome) Failed() bool {
-	return o.Kind != Result && o.Kind != Cancelled
-}
-
 func (o *Outcome) String() string {
 	switch o.Kind {
 	case ProcessError:
