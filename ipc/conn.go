@@ -10,6 +10,7 @@ import (
 	"math"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // Frame limits.
@@ -57,15 +58,27 @@ type Conn struct {
 	rw         io.ReadWriteCloser
 	maxPayload atomic.Int64
 
-	// Reader side, owned by the single reader goroutine.
-	r    *bufio.Reader
-	pre  [prefixLen]byte
-	hbuf []byte
+	// Reader side, owned by the single reader goroutine. A Read cut short
+	// by a deadline keeps what it got of the frame here (rn bytes of the
+	// prefix, then hn of the header, then the payload read so far), and
+	// the next Read goes on from there.
+	r       *bufio.Reader
+	pre     [prefixLen]byte
+	hbuf    []byte
+	rn, hn  int
+	hl      uint32
+	pl      int64
+	partial []byte // payload read so far; nil until the header is decoded
+	rh      Header // the decoded header of the frame being read
 
 	// Writer side, guarded by wmu.
 	wmu  sync.Mutex
 	w    *bufio.Writer
 	werr error
+	// For TryWrite: the stream's raw socket (nil if it has none) and its
+	// send buffer size, read once.
+	raw    syscall.RawConn
+	sndbuf int
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -88,6 +101,9 @@ func NewConn(rw io.ReadWriteCloser, opts ...Options) *Conn {
 		w:  bufio.NewWriterSize(rw, bufSize),
 	}
 	c.SetMaxPayload(o.MaxPayload)
+	if sc, ok := rw.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
 	return c
 }
 
@@ -112,6 +128,11 @@ func (c *Conn) MaxPayload() int64 { return c.maxPayload.Load() }
 // by the caller (the payload is nil when the frame has none); Read keeps no
 // reference to them.
 //
+// A Read that fails with a deadline error (os.ErrDeadlineExceeded, set on
+// the underlying stream) keeps the part of the frame it got, and the next
+// Read goes on from there: a deadline can interrupt a reader at any time
+// without putting the stream out of sync.
+//
 // Errors:
 //   - io.EOF: the stream ended cleanly before the first byte of a frame;
 //   - io.ErrUnexpectedEOF: the stream ended inside a frame;
@@ -124,41 +145,71 @@ func (c *Conn) MaxPayload() int64 { return c.maxPayload.Load() }
 //
 // Only one goroutine may call Read at a time.
 func (c *Conn) Read() (Header, []byte, error) {
-	var h Header
 	if c.closed.Load() {
-		return h, nil, ErrClosed
+		return Header{}, nil, ErrClosed
 	}
-	if n, err := io.ReadFull(c.r, c.pre[:]); err != nil {
-		if n == 0 && err == io.EOF {
-			return h, nil, io.EOF
+	for c.rn < prefixLen {
+		n, err := c.r.Read(c.pre[c.rn:])
+		c.rn += n
+		if err != nil && c.rn < prefixLen {
+			if c.rn == 0 && err == io.EOF {
+				return Header{}, nil, io.EOF
+			}
+			return Header{}, nil, c.readErr(err)
 		}
-		return h, nil, c.readErr(err)
 	}
-	hl := binary.BigEndian.Uint32(c.pre[0:4])
-	pl := int64(binary.BigEndian.Uint32(c.pre[4:8]))
-	if hl == 0 {
-		return h, nil, &FrameError{Reason: FrameEmptyHeader}
+	if c.hn == 0 && c.partial == nil {
+		c.hl = binary.BigEndian.Uint32(c.pre[0:4])
+		c.pl = int64(binary.BigEndian.Uint32(c.pre[4:8]))
+		if c.hl == 0 {
+			return Header{}, nil, &FrameError{Reason: FrameEmptyHeader}
+		}
+		if c.hl > MaxHeader {
+			return Header{}, nil, &FrameError{Reason: FrameHeaderTooLarge, Size: int64(c.hl), Limit: MaxHeader, Err: ErrFrameTooLarge}
+		}
+		if max := c.maxPayload.Load(); c.pl > max {
+			return Header{}, nil, &FrameError{Reason: FramePayloadTooLarge, Size: c.pl, Limit: max, Err: ErrFrameTooLarge}
+		}
+		if cap(c.hbuf) < int(c.hl) {
+			c.hbuf = make([]byte, max(int(c.hl), 512))
+		}
 	}
-	if hl > MaxHeader {
-		return h, nil, &FrameError{Reason: FrameHeaderTooLarge, Size: int64(hl), Limit: MaxHeader, Err: ErrFrameTooLarge}
+	if c.partial == nil {
+		hb := c.hbuf[:c.hl]
+		for c.hn < len(hb) {
+			n, err := c.r.Read(hb[c.hn:])
+			c.hn += n
+			if err != nil && c.hn < len(hb) {
+				return Header{}, nil, c.readErr(err)
+			}
+		}
+		c.rh = Header{}
+		if err := decodeHeader(hb, &c.rh); err != nil {
+			return Header{}, nil, err
+		}
+		// Up to directAlloc the payload is allocated at once; beyond, it
+		// grows (doubling) only as bytes arrive, so that a peer that
+		// announces a large payload and stalls does not make us allocate
+		// all of it.
+		c.partial = make([]byte, 0, min(c.pl, directAlloc))
 	}
-	if max := c.maxPayload.Load(); pl > max {
-		return h, nil, &FrameError{Reason: FramePayloadTooLarge, Size: pl, Limit: max, Err: ErrFrameTooLarge}
+	for int64(len(c.partial)) < c.pl {
+		if len(c.partial) == cap(c.partial) {
+			nb := make([]byte, len(c.partial), min(int64(2*cap(c.partial)), c.pl))
+			copy(nb, c.partial)
+			c.partial = nb
+		}
+		n, err := c.r.Read(c.partial[len(c.partial):cap(c.partial)])
+		c.partial = c.partial[:len(c.partial)+n]
+		if err != nil && int64(len(c.partial)) < c.pl {
+			return Header{}, nil, c.readErr(err)
+		}
 	}
-	if cap(c.hbuf) < int(hl) {
-		c.hbuf = make([]byte, max(int(hl), 512))
+	h, payload := c.rh, c.partial
+	if c.pl == 0 {
+		payload = nil
 	}
-	hb := c.hbuf[:hl]
-	if _, err := io.ReadFull(c.r, hb); err != nil {
-		return h, nil, c.readErr(err)
-	}
-	if err := decodeHeader(hb, &h); err != nil {
-		return Header{}, nil, err
-	}
-	payload, err := readPayload(c.r, pl)
-	if err != nil {
-		return Header{}, nil, c.readErr(err)
-	}
+	c.rn, c.hn, c.partial, c.rh = 0, 0, nil, Header{}
 	return h, payload, nil
 }
 
@@ -171,37 +222,6 @@ func decodeHeader(b []byte, h *Header) error {
 		return &FrameError{Reason: FrameBadHeader, Err: errors.New(`missing or empty "type"`)}
 	}
 	return nil
-}
-
-// readPayload reads exactly n bytes. Up to directAlloc it allocates once;
-// beyond that the buffer grows (doubling) only as bytes arrive.
-func readPayload(r io.Reader, n int64) ([]byte, error) {
-	if n == 0 {
-		return nil, nil
-	}
-	if n <= directAlloc {
-		b := make([]byte, n)
-		_, err := io.ReadFull(r, b)
-		return b, err
-	}
-	b := make([]byte, 0, directAlloc)
-	for int64(len(b)) < n {
-		if len(b) == cap(b) {
-			nc := min(int64(2*cap(b)), n)
-			nb := make([]byte, len(b), nc)
-			copy(nb, b)
-			b = nb
-		}
-		m, err := io.ReadFull(r, b[len(b):cap(b)])
-		b = b[:len(b)+m]
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, err
-		}
-	}
-	return b, nil
 }
 
 func (c *Conn) readErr(err error) error {
@@ -330,6 +350,62 @@ func (c *Conn) WriteBatch(frames []Frame) error {
 	}
 	return c.flushLocked()
 }
+
+// TryWrite writes one frame, as Write does, but only if that cannot block:
+// no other write is under way and the stream is a socket whose send buffer
+// has room for the whole frame now. It reports whether it wrote. When it
+// returns false with a nil error nothing was written, and the caller should
+// send the frame some other way (a writer of its own that may block). A
+// goroutine that must never wait for a slow reader uses it for the common
+// case and hands the rest over. Errors are as for Write.
+func (c *Conn) TryWrite(h *Header, payload []byte) (bool, error) {
+	return c.TryWriteBatch([]Frame{{Header: *h, Payload: payload}})
+}
+
+// TryWriteBatch is WriteBatch on the terms of TryWrite: all the frames in
+// one write, or none.
+func (c *Conn) TryWriteBatch(frames []Frame) (bool, error) {
+	if c.raw == nil || len(frames) == 0 {
+		return false, nil
+	}
+	if !c.wmu.TryLock() {
+		return false, nil
+	}
+	defer c.wmu.Unlock()
+	if err := c.writeCheck(); err != nil {
+		return false, err
+	}
+	if c.w.Buffered() > 0 {
+		return false, nil
+	}
+	e := getEncoder()
+	defer putEncoder(e)
+	ends := make([]int, len(frames))
+	max := c.maxPayload.Load()
+	size := 0
+	for i := range frames {
+		if err := e.appendFrameHead(&frames[i].Header, len(frames[i].Payload), max); err != nil {
+			return false, err
+		}
+		ends[i] = e.buf.Len()
+		size += len(frames[i].Payload)
+	}
+	if !c.roomFor(e.buf.Len() + size) {
+		return false, nil
+	}
+	b, start := e.buf.Bytes(), 0
+	for i := range frames {
+		c.w.Write(b[start:ends[i]])
+		c.w.Write(frames[i].Payload)
+		start = ends[i]
+	}
+	return true, c.flushLocked()
+}
+
+// tryWriteSlack is the send-buffer room TryWrite leaves beyond the frame
+// itself: the kernel charges each of its buffers some overhead, and a
+// concurrent Write may add a small frame between the check and the write.
+const tryWriteSlack = 64 << 10
 
 func (c *Conn) writeCheck() error {
 	if c.closed.Load() {

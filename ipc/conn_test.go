@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -213,3 +214,117 @@ func TestReadSequenceOfRawFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTryWrite: TryWrite writes a whole frame when the socket has room,
+// and otherwise returns false at once, having written nothing, so that
+// the stream stays in sync; streams without a socket never take it.
+func TestTryWrite(t *testing.T) {
+	a, b := socketpair(t)
+	w, r := NewConn(a), NewConn(b)
+	payload := bytes.Repeat([]byte("x"), 16<<10)
+	sent := 0
+	filled := make(chan error, 1)
+	go func() { // nobody reads: TryWrite must refuse, never block
+		for {
+			ok, err := w.TryWrite(&Header{Type: TypeResult, ID: uint64(sent + 1)}, payload)
+			if err != nil || !ok {
+				filled <- err
+				return
+			}
+			if sent++; sent > 10000 {
+				filled <- errors.New("TryWrite never refused although nobody reads")
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-filled:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("TryWrite blocked on a full socket")
+	}
+	if sent == 0 {
+		t.Fatal("TryWrite refused on an empty socket")
+	}
+	for i := 1; i <= sent; i++ {
+		h, p, err := r.Read()
+		if err != nil || h.ID != uint64(i) || !bytes.Equal(p, payload) {
+			t.Fatalf("frame %d of %d: %+v, %d bytes, %v", i, sent, h, len(p), err)
+		}
+	}
+	// Drained: it writes again, and a batch goes out whole.
+	ok, err := w.TryWriteBatch([]Frame{{Header: Header{Type: TypeAccepted, ID: 7}}, {Header: Header{Type: TypeResult, ID: 7}, Payload: []byte("r")}})
+	if !ok || err != nil {
+		t.Fatalf("TryWriteBatch after draining: %v %v", ok, err)
+	}
+	for _, want := range []string{TypeAccepted, TypeResult} {
+		if h, _, err := r.Read(); err != nil || h.Type != want || h.ID != 7 {
+			t.Fatalf("batch frame: %+v %v, want %s", h, err, want)
+		}
+	}
+	// A bad header is refused before anything is written.
+	var fe *FrameError
+	if ok, err := w.TryWriteBatch([]Frame{{Header: Header{Type: TypeAccepted, ID: 8}}, {Header: Header{}}}); ok || !errors.As(err, &fe) {
+		t.Fatalf("bad batch: %v %v", ok, err)
+	}
+	w.Write(&Header{Type: TypeOK, ID: 9}, nil)
+	if h, _, err := r.Read(); err != nil || h.ID != 9 {
+		t.Fatalf("after the bad batch the next frame is %+v %v", h, err)
+	}
+
+	// net.Pipe has no socket to measure: never taken.
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	if ok, err := NewConn(p1).TryWrite(&Header{Type: TypeOK}, nil); ok || err != nil {
+		t.Fatalf("TryWrite on net.Pipe: %v %v", ok, err)
+	}
+}
+
+// TestReadResumesAfterDeadline: a deadline that interrupts Read inside a
+// frame (in its prefix, its header, its payload) loses nothing: the next
+// Read returns the whole frame, and the stream stays in sync.
+func TestReadResumesAfterDeadline(t *testing.T) {
+	a, b := socketpair(t)
+	r := NewConn(b)
+	payload := bytes.Repeat([]byte("p"), 100<<10) // more than one buffer, less than the socket's
+	var frame bytes.Buffer
+	wc := NewConn(nopCloser{&frame})
+	if err := wc.Write(&Header{Type: TypeResult, ID: 42, Message: "resumed"}, payload); err != nil {
+		t.Fatal(err)
+	}
+	wc.Write(&Header{Type: TypeOK, ID: 43}, nil)
+	raw := frame.Bytes()
+	hl := int(binary.BigEndian.Uint32(raw[0:4]))
+	cuts := []int{3, prefixLen + 5, prefixLen + hl + 50<<10, len(raw)}
+	sent := 0
+	interrupted := 0
+	for _, cut := range cuts {
+		if _, err := a.Write(raw[sent:cut]); err != nil {
+			t.Fatal(err)
+		}
+		sent = cut
+		if cut == len(raw) {
+			break
+		}
+		b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, _, err := r.Read(); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("after %d of %d bytes: %v, want a deadline error", cut, len(raw), err)
+		}
+		interrupted++
+		b.SetReadDeadline(time.Time{})
+	}
+	h, p, err := r.Read()
+	if err != nil || h.Type != TypeResult || h.ID != 42 || h.Message != "resumed" || !bytes.Equal(p, payload) {
+		t.Fatalf("after %d interruptions: %+v, %d bytes, %v", interrupted, h, len(p), err)
+	}
+	if h, p, err := r.Read(); err != nil || h.ID != 43 || p != nil {
+		t.Fatalf("next frame: %+v %v %v", h, p, err)
+	}
+}
+
+type nopCloser struct{ io.ReadWriter }
+
+func (nopCloser) Close() error { return nil }
