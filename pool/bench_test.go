@@ -3,6 +3,8 @@ package pool_test
 import (
 	"context"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -21,9 +23,12 @@ func pct(d []time.Duration, p float64) time.Duration {
 }
 
 // BenchmarkNoopRoundTrip: a no-op task through the socket, the supervisor
-// and a Go worker, one at a time; beside it, in the same run, a bare
-// ipc round trip to an echo goroutine across a unix socket, the floor.
-// Reports median and p99 of each, and the ratio of the medians.
+// and a Go worker, one at a time. Beside it, in the same run, two floors:
+// a bare ipc round trip to an echo goroutine across a unix socket, and
+// the relay floor, the same path with nothing of the supervisor in it (a
+// goroutine that forwards each frame from the client's socket to the same
+// worker program and its answer back). Reports medians, the p99, and the
+// ratio of the supervisor's median to the relay floor's.
 //
 //	go test -run '^$' -bench NoopRoundTrip ./pool
 func BenchmarkNoopRoundTrip(b *testing.B) {
@@ -40,6 +45,7 @@ func BenchmarkNoopRoundTrip(b *testing.B) {
 		f.Wait(ctx)
 	}
 	floor := rawRoundTrips(b, b.N)
+	relay := relayRoundTrips(b, b.N)
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -54,11 +60,12 @@ func BenchmarkNoopRoundTrip(b *testing.B) {
 		lat = append(lat, time.Since(t0))
 	}
 	b.StopTimer()
-	p50, p99, f50 := pct(lat, .5), pct(lat, .99), pct(floor, .5)
+	p50, p99, f50, r50 := pct(lat, .5), pct(lat, .99), pct(floor, .5), pct(relay, .5)
 	b.ReportMetric(float64(p50.Microseconds()), "p50-µs")
 	b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
 	b.ReportMetric(float64(f50.Microseconds()), "raw-socket-p50-µs")
-	b.ReportMetric(float64(p50)/float64(f50), "x-raw")
+	b.ReportMetric(float64(r50.Microseconds()), "relay-floor-p50-µs")
+	b.ReportMetric(float64(p50)/float64(r50), "x-relay")
 }
 
 // BenchmarkNoopThroughput: many no-op tasks in flight on one connection.
@@ -153,6 +160,83 @@ func rawRoundTrips(b *testing.B, n int) []time.Duration {
 			b.Fatal(err)
 		}
 		out = append(out, time.Since(t0))
+	}
+	return out
+}
+
+// relayRoundTrips times n no-op tasks on the path of a task with nothing
+// of the supervisor in it: client frame over a unix socket to a relay
+// goroutine, task frame over a socketpair to the test worker program (a
+// child process, as the pool's workers), and both answers back.
+func relayRoundTrips(b *testing.B, n int) []time.Duration {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "relay"), os.NewFile(uintptr(fds[1]), "relay-worker")
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "CGPOOL_TEST_WORKER=1")
+	cmd.ExtraFiles = []*os.File{theirs}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	theirs.Close()
+	defer cmd.Wait()
+	wc, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := ipc.NewConn(wc)
+	defer w.Close() // the worker ends at end of file
+	if h, _, err := w.Read(); err != nil || h.Type != ipc.TypeHello {
+		b.Fatalf("relay worker hello: %v %v", h, err)
+	}
+	dir := b.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, "relay.sock"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		sc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c := ipc.NewConn(sc)
+		defer c.Close()
+		for {
+			h, p, err := c.Read()
+			if err != nil {
+				return
+			}
+			if w.Write(&ipc.Header{Type: ipc.TypeTask, ID: h.ID}, p) != nil {
+				return
+			}
+			r, rp, err := w.Read()
+			if err != nil {
+				return
+			}
+			c.Write(&ipc.Header{Type: ipc.TypeResult, ID: r.ID}, rp)
+		}
+	}()
+	nc, err := net.Dial("unix", filepath.Join(dir, "relay.sock"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := ipc.NewConn(nc)
+	defer c.Close()
+	out := make([]time.Duration, 0, n)
+	for i := 0; i < n+200; i++ {
+		t0 := time.Now()
+		c.Write(&ipc.Header{Type: ipc.TypeSubmit, ID: uint64(i + 1)}, []byte("echo:x"))
+		if h, _, err := c.Read(); err != nil || h.Type != ipc.TypeResult {
+			b.Fatalf("relay: %v %v", h, err)
+		}
+		if i >= 200 { // the first ones warm up
+			out = append(out, time.Since(t0))
+		}
 	}
 	return out
 }

@@ -122,11 +122,22 @@ func (p *Pool) Submit(ctx context.Context, spec Spec, notify func(Event)) (*Task
 		notify = func(Event) {}
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	t, start, err := p.submitLocked(ctx, spec, notify)
+	p.mu.Unlock()
+	if start != nil {
+		start()
+	}
+	return t, err
+}
+
+// submitLocked is Submit with p.mu held (it is released while holding for
+// room). start, if not nil, must be called after unlocking: the task was
+// given to an idle worker at once (startInlineLocked).
+func (p *Pool) submitLocked(ctx context.Context, spec Spec, notify func(Event)) (_ *Task, start func(), _ error) {
 	for {
 		if p.draining {
 			p.stats.TasksRejected++
-			return nil, errDraining
+			return nil, nil, errDraining
 		}
 		p.nextID++
 		t := &Task{id: p.nextID, spec: spec, notify: notify}
@@ -138,7 +149,7 @@ func (p *Pool) Submit(ctx context.Context, spec Spec, notify func(Event)) (*Task
 		if errors.Is(err, sched.ErrFull) {
 			if !spec.Hold {
 				p.stats.TasksRejected++
-				return nil, errFull(p.queue.Len())
+				return nil, nil, errFull(p.queue.Len())
 			}
 			room := p.room
 			p.mu.Unlock()
@@ -148,20 +159,71 @@ func (p *Pool) Submit(ctx context.Context, spec Spec, notify func(Event)) (*Task
 				continue
 			case <-ctx.Done():
 				p.mu.Lock()
-				return nil, ctx.Err()
+				return nil, nil, ctx.Err()
 			}
 		}
 		if err != nil {
 			p.stats.TasksRejected++
-			return nil, errInvalid("%v", err)
+			return nil, nil, errInvalid("%v", err)
 		}
 		p.byID[t.id] = t
 		p.stats.TasksReceived++
-		p.dispatchLocked()
-		if !it.Deadline.IsZero() {
-			p.armExpiryLocked()
+		start = p.startInlineLocked(t)
+		if start == nil {
+			p.dispatchLocked()
+			if !it.Deadline.IsZero() {
+				p.armExpiryLocked()
+			}
 		}
-		return t, nil
+		return t, start, nil
+	}
+}
+
+// inlineMaxPayload bounds the payload of a task that a submitter sends to
+// an idle worker itself: a frame this small fits in the worker socket's
+// send buffer, so the submitter never waits for the worker.
+const inlineMaxPayload = 64 << 10
+
+// startInlineLocked starts the task just queued, if it is alone in the
+// queue, on an idle worker that waits on its socket: the submitting
+// goroutine sends the task to the worker itself (the returned function,
+// called after unlocking), and the slot goroutine wakes only for the
+// answer. Waking the slot to send it would cost a thread wake-up, which on
+// small VMs is most of a no-op round trip. It returns nil, and leaves the
+// task to dispatchLocked, when no slot or the task does not qualify (a
+// per-task memory limit is written by the slot, as is a large payload).
+func (p *Pool) startInlineLocked(t *Task) func() {
+	// Alone in the queue, t is what the next Pop returns.
+	if p.cfg.Kind != KindWorker || p.stopping || len(p.idle) == 0 || p.queue.Len() != 1 ||
+		t.spec.MemoryMax > 0 || len(t.spec.Payload) > inlineMaxPayload {
+		return nil
+	}
+	s := p.idle[len(p.idle)-1]
+	if !s.sockWait || s.gen < p.recycleGen || (s.tasksDone == 0 && !maps.Equal(s.envVars, p.env)) || s.waitW.exited() {
+		return nil
+	}
+	w := s.waitW
+	p.queue.Pop()
+	p.idle = p.idle[:len(p.idle)-1]
+	s.takeLocked(t)
+	s.sockWait, s.waitW = false, nil // no wake-up may cut into the answer now
+	w.nc.SetReadDeadline(time.Time{})
+	t.stop = p.armTimeout(t)
+	pid, leaf := w.pid(), s.leafPath
+	return func() {
+		// Running goes first: the answer, which the slot goroutine
+		// reports, cannot come before the task is sent.
+		t.notify(Event{Running: true, Pid: pid, Leaf: leaf})
+		h := taskHeader(t)
+		ok, err := w.conn.TryWrite(&h, t.spec.Payload)
+		if err == nil && !ok {
+			err = w.conn.Write(&h, t.spec.Payload)
+		}
+		if err != nil {
+			// The worker is gone or going: the slot reads the end of its
+			// socket and reports the task.
+			p.log.Debug("could not send a task to its worker", "pid", pid, "err", err)
+		}
 	}
 }
 
@@ -199,10 +261,7 @@ func (p *Pool) dispatchLocked() {
 	for n > 0 && len(p.idle) > 0 {
 		s := p.idle[len(p.idle)-1]
 		p.idle = p.idle[:len(p.idle)-1]
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+		s.wakeLocked()
 		n--
 	}
 	for n > p.starting && len(p.slots) < p.cfg.MaxWorkers && !p.stopping {
@@ -375,10 +434,7 @@ func (p *Pool) Recycle() {
 	defer p.mu.Unlock()
 	p.recycleGen++
 	for _, s := range p.idle {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+		s.wakeLocked()
 	}
 	p.idle = nil
 }
@@ -496,6 +552,9 @@ func (p *Pool) beginShutdown(o ShutdownOptions) {
 	if !p.stopping {
 		p.stopping = true
 		close(p.stopCh)
+		for _, s := range p.idle {
+			s.wakeLocked() // a slot waiting on its worker's socket does not see stopCh
+		}
 	}
 	if p.expiry != nil {
 		p.expiry.Stop()

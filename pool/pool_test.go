@@ -170,6 +170,36 @@ func TestWorkerKilledFromOutside(t *testing.T) {
 			t.Errorf("tasks_failed = %d after an idle worker died", st.TasksFailed)
 		}
 	})
+	// An idle slot waits on its worker's socket. Here a child of the
+	// worker keeps a copy of that socket open, so the socket does not end
+	// when the worker dies: the slot must see the death all the same.
+	t.Run("idle, socket held open", func(t *testing.T) {
+		_, p := newPool(t, func(c *pool.Config) { c.Env["CGPOOL_TEST_HOLD_SOCKET"] = "1" })
+		deadline := time.Now().Add(10 * time.Second)
+		var pid int
+		for pid == 0 {
+			if ws := p.Status().Workers; len(ws) == 1 && ws[0].State == "idle" {
+				pid = ws[0].Pid
+			} else if time.Now().After(deadline) {
+				t.Fatalf("no idle worker within 10s: %+v", p.Status())
+			} else {
+				time.Sleep(time.Millisecond) // polling the start with a deadline
+			}
+		}
+		created := p.Stats().WorkerProcessesCreated
+		if err := unix.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for p.Stats().WorkerProcessesCreated != created+1 {
+			if time.Now().After(deadline) {
+				t.Fatal("a killed idle worker whose socket stayed open was not replaced within 10s")
+			}
+			time.Sleep(time.Millisecond) // polling the replacement with a deadline
+		}
+		if o := run(t, p, "echo:next"); o.Kind != pool.Result {
+			t.Errorf("task after the idle worker was killed: %+v", o)
+		}
+	})
 }
 
 func pidAlive(pid int) bool {

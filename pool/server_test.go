@@ -8,12 +8,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/ipc"
 	"github.com/cgpool/cgpool/pool"
+	"golang.org/x/sys/unix"
 )
 
 // startServer runs a supervisor with one worker pool behind a socket.
@@ -304,5 +306,101 @@ func TestHeldSubmitsKeepArrivalOrder(t *testing.T) {
 	}
 	if fmt.Sprint(order) != fmt.Sprint(want) {
 		t.Errorf("start order %v, want arrival order %v", order, want)
+	}
+}
+
+// TestStartedTaskFrames: a task that starts at once still gets "accepted"
+// and "running" (with its pid and leaf) before its final message. A short
+// one gets them in the same write as its result; a long one gets them
+// while it runs, long before it ends.
+func TestStartedTaskFrames(t *testing.T) {
+	sock, _ := startServer(t, nil)
+	c := connect(t, sock)
+	for _, payload := range []string{"echo:x", "sleep:1500"} {
+		start := time.Now()
+		id := c.submit(t, ipc.Header{}, payload)
+		var types []string
+		var runningAt time.Duration
+		for {
+			h, _, err := c.c.Read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.ID != id {
+				t.Fatalf("%s: frame for id %d", payload, h.ID)
+			}
+			types = append(types, h.Type)
+			if h.Type == ipc.TypeRunning {
+				runningAt = time.Since(start)
+				if h.PID == 0 || h.Leaf == "" {
+					t.Errorf("%s: running without pid or leaf: %+v", payload, h)
+				}
+			}
+			if ipc.IsFinal(h.Type) {
+				break
+			}
+		}
+		if want := []string{ipc.TypeAccepted, ipc.TypeRunning, ipc.TypeResult}; !slices.Equal(types, want) {
+			t.Errorf("%s: frames %q, want %q", payload, types, want)
+		}
+		// lazyGrace is 5 ms; a second leaves room for a loaded machine
+		// and is still well short of the task's 1.5 s.
+		if payload == "sleep:1500" && runningAt > time.Second {
+			t.Errorf("running came %v after the submission of a 1.5 s task", runningAt)
+		}
+	}
+}
+
+// TestSlowClientDoesNotStallWorkers: a client that does not read while
+// its results pile up, far beyond the socket buffer, costs the pool
+// nothing: every task still runs, another client's task runs meanwhile,
+// and the slow client gets all its results, in order, once it reads.
+func TestSlowClientDoesNotStallWorkers(t *testing.T) {
+	sock, p := startServer(t, func(c *pool.Config) { c.MaxBacklog = -1 })
+	slow, other := connect(t, sock), connect(t, sock)
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := unix.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	slow.submit(t, ipc.Header{}, "fifo:"+gate) // holds the only worker
+	for range n {
+		slow.submit(t, ipc.Header{}, "big:32768") // 200 x 32 KiB: many socket buffers
+	}
+	poll := func(what string, done func(pool.Stats) bool) {
+		deadline := time.Now().Add(60 * time.Second)
+		for !done(p.Stats()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %+v", what, p.Stats())
+			}
+			time.Sleep(time.Millisecond) // polling the pool's counters with a deadline
+		}
+	}
+	poll("the submissions did not all arrive", func(s pool.Stats) bool { return s.TasksReceived == n+1 })
+	f, err := os.OpenFile(gate, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close() // the gate opens: the worker reads end of file
+	poll("the tasks of a client that does not read did not all run", func(s pool.Stats) bool { return s.TasksSucceeded == n+1 })
+	other.submit(t, ipc.Header{}, "echo:other")
+	if got := other.finals(t, 1, nil); got[1].Type != ipc.TypeResult {
+		t.Fatalf("the other client's task: %+v", got[1])
+	}
+	var ids []uint64
+	for len(ids) < n+1 {
+		h, payload, err := slow.c.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ipc.IsFinal(h.Type) {
+			if h.Type != ipc.TypeResult || (len(ids) > 0 && len(payload) != 32768) {
+				t.Fatalf("result %d: %+v with %d bytes", len(ids)+1, h, len(payload))
+			}
+			ids = append(ids, h.ID)
+		}
+	}
+	if !slices.IsSorted(ids) {
+		t.Errorf("results out of order: %v", ids)
 	}
 }

@@ -31,7 +31,9 @@ type slot struct {
 	wake chan struct{}
 
 	// Guarded by p.mu.
-	state     string // starting, idle, busy, retiring
+	state     string      // starting, idle, busy, retiring
+	sockWait  bool        // idle, waiting on its worker's socket (wake with wakeLocked)
+	waitW     *workerProc // the worker it waits on, while sockWait
 	task      *Task
 	alive     bool
 	pid       int
@@ -55,7 +57,7 @@ func (s *slot) run() {
 				return
 			}
 		}
-		t, restart := s.next()
+		t, restart, pre := s.next()
 		switch {
 		case restart:
 			s.teardown(true)
@@ -64,7 +66,7 @@ func (s *slot) run() {
 		case p.cfg.Kind == KindExec:
 			s.runExec(t)
 		default:
-			s.runWorkerTask(t)
+			s.runWorkerTask(t, pre)
 		}
 	}
 }
@@ -223,6 +225,18 @@ func (s *slot) setup() error {
 	s.incarnation = *inc
 	pid := 0
 	if s.w != nil {
+		// An idle slot waits on its worker's socket, which ends when the
+		// worker dies, unless a child of the worker still holds it: the
+		// worker's pidfd wakes the slot then.
+		w := s.w
+		go func() {
+			<-w.proc.Done()
+			p.mu.Lock()
+			if s.sockWait && s.waitW == w {
+				s.wakeLocked()
+			}
+			p.mu.Unlock()
+		}()
 		pid = s.w.pid()
 		if s.initErr != "" {
 			p.log.Warn("worker initializer failed; the worker serves tasks anyway", "pid", pid, "err", s.initErr)
@@ -347,84 +361,165 @@ func (p *Pool) failOldestQueued(cause error) {
 	t.notify(Event{Outcome: o})
 }
 
+// read is the result of one read of the worker's socket.
+type read struct {
+	m   msg
+	err error
+}
+
 // next takes the next task. It blocks while idle. restart means the worker
 // must be replaced first (recycled, or died while idle); a nil task without
 // restart means the slot must exit (idle above MinWorkers, or stopping).
-func (s *slot) next() (t *Task, restart bool) {
+// A task that a submitter started on this slot's worker while it waited
+// (startInlineLocked) comes with pre, the first read of the worker's
+// socket: its answer, or how the socket ended.
+func (s *slot) next() (t *Task, restart bool, pre *read) {
 	p := s.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for {
 		if p.cfg.Kind == KindWorker && s.gen < p.recycleGen {
 			p.stats.WorkersRetired++
-			return nil, true
+			return nil, true, nil
 		}
 		if p.cfg.Kind == KindWorker && s.tasksDone == 0 && p.queue.Len() > 0 && !maps.Equal(s.envVars, p.env) {
 			// A worker that has not run a task yet starts, as far as any
 			// task can tell, with its first one: give it the environment
 			// current now, not the one of when it was prepared (as
 			// Deadpool, which starts a replacement when a task needs it).
-			return nil, true
+			return nil, true, nil
 		}
 		if s.w != nil && s.w.exited() {
 			p.log.Warn("idle worker died; replacing it (no task was running)", "pid", s.pid)
-			return nil, true
+			return nil, true, nil
 		}
 		if it, ok := p.queue.Pop(); ok {
-			t := it.Value
-			t.state, t.slot, t.started = running, s, time.Now()
-			s.task, s.state = t, "busy"
-			p.stats.TasksLaunched++
-			busy := int64(0)
-			for o := range p.slots {
-				if o.state == "busy" {
-					busy++
-				}
-			}
-			p.stats.MaxWorkersBusyConcurrently = max(p.stats.MaxWorkersBusyConcurrently, busy)
-			p.signalRoomLocked()
-			return t, false
+			s.takeLocked(it.Value)
+			return it.Value, false, nil
 		}
 		if p.stopping {
-			return nil, false
+			return nil, false, nil
 		}
 		s.state = "idle"
 		p.idle = append(p.idle, s)
-		var idleC <-chan time.Time
+		var idleAt time.Time
 		if len(p.slots) > *p.cfg.MinWorkers {
+			idleAt = time.Now().Add(p.cfg.IdleDelay)
+		}
+		if s.w != nil {
+			t, restart, pre, retire := s.waitOnWorkerLocked(idleAt)
+			if t != nil || restart {
+				return t, restart, pre
+			}
+			if retire {
+				return nil, false, nil
+			}
+			continue
+		}
+		var idleC <-chan time.Time
+		if !idleAt.IsZero() {
 			idleT := time.NewTimer(p.cfg.IdleDelay)
 			idleC = idleT.C
 			defer idleT.Stop()
 		}
-		var dead <-chan struct{}
-		if s.w != nil {
-			dead = s.w.proc.Done()
-		}
 		p.mu.Unlock()
-		var idled, died bool
+		var idled bool
 		select {
 		case <-s.wake:
 		case <-p.stopCh:
 		case <-idleC:
 			idled = true
-		case <-dead:
-			died = true
 		}
 		p.mu.Lock()
 		if i := slices.Index(p.idle, s); i >= 0 {
 			p.idle = slices.Delete(p.idle, i, i+1)
 		}
-		if died {
-			e, _ := s.w.proc.Wait(context.Background())
-			p.log.Warn("idle worker died; replacing it (no task was running)", "pid", s.pid, "exit", e.String())
-			return nil, true
+		if idled && s.retireIdleLocked() {
+			return nil, false, nil
 		}
-		if idled && p.queue.Len() == 0 && len(p.slots) > *p.cfg.MinWorkers {
-			s.state = "retiring"
-			delete(p.slots, s)
-			p.stats.WorkersRetired++
-			return nil, false
+	}
+}
+
+// waitOnWorkerLocked waits, idle, on the worker's socket: for the answer to
+// a task a submitter started here meanwhile (t, with the read as pre), the
+// worker's death (restart), the idle deadline (retire, if the slot is above
+// MinWorkers and nothing is queued) or a wakeLocked (all false: look
+// again). The socket's read deadline is the idle timer and the wake-up;
+// it is set and cleared only under p.mu, so it never cuts into an answer.
+func (s *slot) waitOnWorkerLocked(idleAt time.Time) (t *Task, restart bool, pre *read, retire bool) {
+	p := s.p
+	s.w.nc.SetReadDeadline(idleAt)
+	s.sockWait, s.waitW = true, s.w
+	p.mu.Unlock()
+	var r read
+	r.m.h, r.m.payload, r.err = s.w.conn.Read()
+	p.mu.Lock()
+	s.sockWait, s.waitW = false, nil
+	if i := slices.Index(p.idle, s); i >= 0 {
+		p.idle = slices.Delete(p.idle, i, i+1)
+	}
+	if s.task != nil {
+		return s.task, false, &r, false
+	}
+	s.w.nc.SetReadDeadline(time.Time{})
+	switch {
+	case r.err == nil:
+		p.log.Warn("idle worker sent an unexpected message", "pid", s.pid, "type", r.m.h.Type)
+	case errors.Is(r.err, os.ErrDeadlineExceeded):
+		if !idleAt.IsZero() && !time.Now().Before(idleAt) && s.retireIdleLocked() {
+			return nil, false, nil, true
 		}
+	default: // the socket ended: the worker died (or closed it: it is replaced all the same)
+		p.mu.Unlock()
+		e := waitExit(s.w.proc, time.Second)
+		p.mu.Lock()
+		p.log.Warn("idle worker died; replacing it (no task was running)", "pid", s.pid, "exit", e.String())
+		return nil, true, nil, false
+	}
+	return nil, false, nil, false
+}
+
+// retireIdleLocked retires the slot after its idle delay if it is above
+// MinWorkers and nothing is queued.
+func (s *slot) retireIdleLocked() bool {
+	p := s.p
+	if p.queue.Len() > 0 || len(p.slots) <= *p.cfg.MinWorkers {
+		return false
+	}
+	s.state = "retiring"
+	delete(p.slots, s)
+	p.stats.WorkersRetired++
+	return true
+}
+
+// takeLocked makes t the slot's running task.
+func (s *slot) takeLocked(t *Task) {
+	p := s.p
+	t.state, t.slot, t.started = running, s, time.Now()
+	s.task, s.state = t, "busy"
+	p.stats.TasksLaunched++
+	busy := int64(0)
+	for o := range p.slots {
+		if o.state == "busy" {
+			busy++
+		}
+	}
+	p.stats.MaxWorkersBusyConcurrently = max(p.stats.MaxWorkersBusyConcurrently, busy)
+	p.signalRoomLocked()
+}
+
+// wakeLocked ends an idle slot's wait, so that it looks at the pool again.
+// Every wake-up of a slot that waits on its worker's socket happens here,
+// under p.mu, and only while it waits: a task given to the slot meanwhile
+// (startInlineLocked clears sockWait) is never cut short by one.
+func (s *slot) wakeLocked() {
+	if s.sockWait {
+		s.waitW.nc.SetReadDeadline(time.Unix(1, 0)) // in the past: the pending read returns
+		return
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -504,23 +599,39 @@ func waitExit(proc *spawn.Process, d time.Duration) spawn.Exit {
 // doubled the worker leg of a no-op round trip); a deadline or a hard
 // cancel kills the slot's group (killTaskLocked), the worker dies, and the
 // read ends.
-func (s *slot) runWorkerTask(t *Task) {
+func (s *slot) runWorkerTask(t *Task, pre *read) {
 	p := s.p
 	w := s.w
 	pid := w.pid()
 	before := s.baseline
-	restore := s.taskMemory(t)
-	defer restore()
-	stop := p.armTimeout(t)
-	defer stop()
+	var err error
+	if pre == nil { // the slot starts the task (else a submitter did)
+		restore := s.taskMemory(t)
+		defer restore()
+		t.stop = p.armTimeout(t)
+		h := taskHeader(t)
+		err = w.conn.Write(&h, t.spec.Payload)
+		// Told after the worker has the task, so that the bookkeeping
+		// overlaps the work; the outcome still follows it on the client's
+		// connection.
+		t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
+	}
+	defer t.stop()
 	var reply *msg
-	err := w.conn.Write(&ipc.Header{Type: ipc.TypeTask, ID: t.id, Env: t.spec.Env, TimeoutMS: t.spec.Timeout.Milliseconds()}, t.spec.Payload)
-	// Told after the worker has the task, so that the bookkeeping overlaps
-	// the work; the outcome still follows it on the client's connection.
-	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
 	for err == nil {
 		var m msg
-		m.h, m.payload, err = w.conn.Read()
+		if pre != nil {
+			m, err = pre.m, pre.err
+			pre = nil
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// The idle deadline passed (or a wake-up came) just before
+				// the task was given: its answer is still to come.
+				err = nil
+				continue
+			}
+		} else {
+			m.h, m.payload, err = w.conn.Read()
+		}
 		if err != nil {
 			break // the socket ended: the worker is dying (or broke the protocol)
 		}
@@ -555,6 +666,11 @@ func (s *slot) runWorkerTask(t *Task) {
 	o := s.classify(t, base, before, p.killReason(t), e)
 	s.finish(t, o)
 	s.teardown(false)
+}
+
+// taskHeader is the worker-protocol frame header that starts t.
+func taskHeader(t *Task) ipc.Header {
+	return ipc.Header{Type: ipc.TypeTask, ID: t.id, Env: t.spec.Env, TimeoutMS: t.spec.Timeout.Milliseconds()}
 }
 
 // killReason returns why we killed a task's group, or "".

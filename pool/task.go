@@ -99,6 +99,8 @@ type Task struct {
 	// killReason is why we killed the task's group (timeout, cancel), or "".
 	killReason oomwatch.Reason
 	started    time.Time
+	// stop disarms the task's timeout; set by whoever starts the task.
+	stop func() bool
 }
 
 // ID returns the pool-wide id of the task.

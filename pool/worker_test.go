@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,9 @@ func TestMain(m *testing.M) {
 			if v := os.Getenv("CGPOOL_TEST_INIT_FAIL"); v != "" {
 				return errors.New(v)
 			}
+			if os.Getenv("CGPOOL_TEST_HOLD_SOCKET") == "1" {
+				return holdSocket()
+			}
 			return nil
 		}
 		if err := worker.ServeWith(handle, worker.Options{Init: init}); err != nil {
@@ -42,6 +46,8 @@ func TestMain(m *testing.M) {
 //	pid        answer the worker's pid
 //	env:NAME   answer $NAME
 //	sleep:MS   sleep, answer "slept"
+//	big:N      answer N bytes
+//	fifo:PATH  block until the test writes to (or closes) the FIFO PATH; answer what it wrote
 //	fail:MSG   fail with MSG
 //	exit:N     exit the worker with status N mid-task
 //	alloc:MIB  allocate and touch MIB MiB, answer "ok"
@@ -61,6 +67,14 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		ms, _ := strconv.Atoi(arg)
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		return []byte("slept"), nil
+	case "big":
+		n, _ := strconv.Atoi(arg)
+		return bytes.Repeat([]byte("b"), n), nil
+	case "fifo":
+		// Opening a FIFO for reading blocks until the test opens it for
+		// writing: a gate the test opens when it is ready.
+		b, err := os.ReadFile(arg)
+		return b, err
 	case "fail":
 		return nil, errors.New(arg)
 	case "exit":
@@ -102,6 +116,19 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		}
 	}
 	return nil, fmt.Errorf("unknown op %q", op)
+}
+
+// holdSocket starts a child that keeps a copy of the worker's socket
+// (fd 3) open and sleeps: once the worker dies, the socket does not end.
+func holdSocket() error {
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "CGPOOL_TEST_WORKER=", kerneltest.HelperEnv+"=sleep")
+	cmd.ExtraFiles = []*os.File{os.NewFile(3, "worker-socket")}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Process.Release()
 }
 
 // startDetached starts a child of its own session that sleeps forever and

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"syscall"
 
 	"github.com/cgpool/cgpool/ipc"
 	"github.com/prometheus/procfs"
@@ -51,6 +52,10 @@ func ServeWith(h Handler, o Options) error {
 	if f == nil {
 		return fmt.Errorf("worker: fd %d is not open: start this program from cgpool", fd)
 	}
+	// Programs a task starts must not inherit the socket: one that outlived
+	// the worker would keep it open, and the supervisor would not see the
+	// worker's end on it.
+	syscall.CloseOnExec(fd)
 	return serve(ipc.NewConn(f), h, o)
 }
 
