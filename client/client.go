@@ -47,33 +47,55 @@ func WithMaxPayload(n int64) Option {
 // release it with [Client.Close].
 type Client struct {
 	conn   *ipc.Conn
+	nc     net.Conn // for the read deadline that interrupts a reading waiter
 	server string
 	pools  []string
 	nextID atomic.Uint64
 
 	mu       sync.Mutex
-	futures  map[uint64]*Future      // live submissions
-	requests map[uint64]chan reply   // stats, status, set_env, recycle, shutdown
-	cancels  map[uint64][]chan reply // cancel waiters per submission id, FIFO
-	err      error                   // set once the connection is gone; wraps ErrClosed
-	remote   error                   // last connection-level error frame (no id)
+	futures  map[uint64]*Future    // live submissions
+	requests map[uint64]*pending   // stats, status, set_env, recycle, shutdown
+	cancels  map[uint64][]*pending // cancel waiters per submission id, FIFO
+	err      error                 // set once the connection is gone; wraps ErrClosed
+	remote   error                 // last connection-level error frame (no id)
 
-	closing    atomic.Bool
-	closeOnce  sync.Once
-	closeErr   error
-	readerDone chan struct{}
+	// The read role (reader.go), guarded by mu.
+	role        int
+	line        []*turn // waiters queued for the role
+	watched     int     // unfinished Futures watched without a waiter
+	epoch       uint64  // counts hand-overs of the role
+	interrupted bool    // the read deadline is set to interrupt the reader
+
+	closing   atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+	bgKick    chan struct{} // cap 1: the background goroutine has the role
+	bgQuit    chan struct{} // closed by Close
+	bgDone    chan struct{}
 }
 
-// reply is a server answer (or the error that replaced it) handed from the
-// reader goroutine to a waiting request.
+// reply is a server answer, or the error that replaced it.
 type reply struct {
 	h   ipc.Header
 	err error
 }
 
+// pending is a request (or cancel) waiting for its reply.
+type pending struct {
+	done chan struct{} // closed once r is set
+	r    reply
+}
+
+func newPending() *pending { return &pending{done: make(chan struct{})} }
+
+func (p *pending) deliver(r reply) {
+	p.r = r
+	close(p.done)
+}
+
 // Dial connects to the supervisor's unix socket at path, performs the
 // handshake (hello/welcome, [ipc.ClientHello]) and starts the Client's
-// reader goroutine. It blocks until the welcome arrives, ctx ends, or an
+// background goroutine. It blocks until the welcome arrives, ctx ends, or an
 // error occurs; ctx bounds only the dial and the handshake, not the
 // Client's lifetime.
 //
@@ -116,15 +138,18 @@ func Dial(ctx context.Context, path string, opts ...Option) (*Client, error) {
 	}
 
 	c := &Client{
-		conn:       conn,
-		server:     welcome.Server,
-		pools:      welcome.Pools,
-		futures:    make(map[uint64]*Future),
-		requests:   make(map[uint64]chan reply),
-		cancels:    make(map[uint64][]chan reply),
-		readerDone: make(chan struct{}),
+		conn:     conn,
+		nc:       nc,
+		server:   welcome.Server,
+		pools:    welcome.Pools,
+		futures:  make(map[uint64]*Future),
+		requests: make(map[uint64]*pending),
+		cancels:  make(map[uint64][]*pending),
+		bgKick:   make(chan struct{}, 1),
+		bgQuit:   make(chan struct{}),
+		bgDone:   make(chan struct{}),
 	}
-	go c.readLoop()
+	go c.background()
 	return c, nil
 }
 
@@ -136,8 +161,8 @@ func (c *Client) Pools() []string { return slices.Clone(c.pools) }
 // block.
 func (c *Client) Server() string { return c.server }
 
-// Close closes the connection and blocks until the reader goroutine has
-// exited. Every pending Future, Accepted, Cancel and request then fails
+// Close closes the connection and blocks until the background goroutine
+// has exited. Every pending Future, Accepted, Cancel and request then fails
 // with an error wrapping [ErrClosed]; what happens on the server to
 // unfinished submissions depends on the pool's on_disconnect policy. Close
 // is idempotent and safe for concurrent use; the first call returns the
@@ -148,8 +173,10 @@ func (c *Client) Close() error {
 		first = true
 		c.closing.Store(true)
 		c.closeErr = c.conn.Close()
+		close(c.bgQuit)
+		c.shutdown(ErrClosed)
 	})
-	<-c.readerDone
+	<-c.bgDone
 	if first {
 		return c.closeErr
 	}
@@ -201,6 +228,7 @@ func (c *Client) Submit(ctx context.Context, t Task) (*Future, error) {
 		return nil, err
 	}
 	c.futures[h.ID] = f
+	c.maybeBGLocked()
 	c.mu.Unlock()
 	if err := c.send(&h, t.Payload); err != nil {
 		c.mu.Lock()
@@ -285,14 +313,14 @@ func (c *Client) request(ctx context.Context, h ipc.Header, want string) (ipc.He
 	if err := h.ValidateRequest(); err != nil {
 		return ipc.Header{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	ch := make(chan reply, 1)
+	p := newPending()
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
 		return ipc.Header{}, err
 	}
-	c.requests[h.ID] = ch
+	c.requests[h.ID] = p
 	c.mu.Unlock()
 	if err := c.send(&h, nil); err != nil {
 		c.mu.Lock()
@@ -300,24 +328,27 @@ func (c *Client) request(ctx context.Context, h ipc.Header, want string) (ipc.He
 		c.mu.Unlock()
 		return ipc.Header{}, err
 	}
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return ipc.Header{}, r.err
+	if err := c.await(ctx, p.done); err != nil {
+		select {
+		case <-p.done:
+		default:
+			c.mu.Lock()
+			delete(c.requests, h.ID)
+			c.mu.Unlock()
+			return ipc.Header{}, err
 		}
-		if r.h.Type == ipc.TypeError {
-			return ipc.Header{}, fmt.Errorf("cgpool: %s: %w", h.Type, r.h.Err())
-		}
-		if r.h.Type != want {
-			return ipc.Header{}, fmt.Errorf("cgpool: %s: %w: answered with %q, want %q", h.Type, ipc.ErrProtocol, r.h.Type, want)
-		}
-		return r.h, nil
-	case <-ctx.Done():
-		c.mu.Lock()
-		delete(c.requests, h.ID)
-		c.mu.Unlock()
-		return ipc.Header{}, ctx.Err()
 	}
+	r := p.r
+	if r.err != nil {
+		return ipc.Header{}, r.err
+	}
+	if r.h.Type == ipc.TypeError {
+		return ipc.Header{}, fmt.Errorf("cgpool: %s: %w", h.Type, r.h.Err())
+	}
+	if r.h.Type != want {
+		return ipc.Header{}, fmt.Errorf("cgpool: %s: %w: answered with %q, want %q", h.Type, ipc.ErrProtocol, r.h.Type, want)
+	}
+	return r.h, nil
 }
 
 // cancel sends cancel{id, mode} and waits for its cancel_reply (or error).
@@ -325,19 +356,19 @@ func (c *Client) request(ctx context.Context, h ipc.Header, want string) (ipc.He
 // stays queued so that later replies still reach the right waiter.
 func (c *Client) cancel(ctx context.Context, id uint64, mode string) (ipc.Header, error) {
 	h := ipc.Header{Type: ipc.TypeCancel, ID: id, Mode: mode}
-	ch := make(chan reply, 1)
+	p := newPending()
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
 		return ipc.Header{}, err
 	}
-	c.cancels[id] = append(c.cancels[id], ch)
+	c.cancels[id] = append(c.cancels[id], p)
 	c.mu.Unlock()
 	if err := c.send(&h, nil); err != nil {
 		c.mu.Lock()
 		if q := c.cancels[id]; q != nil {
-			q = slices.DeleteFunc(q, func(x chan reply) bool { return x == ch })
+			q = slices.DeleteFunc(q, func(x *pending) bool { return x == p })
 			if len(q) == 0 {
 				delete(c.cancels, id)
 			} else {
@@ -347,23 +378,26 @@ func (c *Client) cancel(ctx context.Context, id uint64, mode string) (ipc.Header
 		c.mu.Unlock()
 		return ipc.Header{}, err
 	}
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return ipc.Header{}, r.err
+	if err := c.await(ctx, p.done); err != nil {
+		select {
+		case <-p.done:
+		default:
+			return ipc.Header{}, err // stays queued: later replies still reach the right waiter
 		}
-		if r.h.Type == ipc.TypeError {
-			return ipc.Header{}, fmt.Errorf("cgpool: cancel: %w", r.h.Err())
-		}
-		return r.h, nil
-	case <-ctx.Done():
-		return ipc.Header{}, ctx.Err()
 	}
+	r := p.r
+	if r.err != nil {
+		return ipc.Header{}, r.err
+	}
+	if r.h.Type == ipc.TypeError {
+		return ipc.Header{}, fmt.Errorf("cgpool: cancel: %w", r.h.Err())
+	}
+	return r.h, nil
 }
 
 // send writes one frame. A *ipc.FrameError means nothing was written and
-// the connection is still fine; any other failure breaks the connection,
-// which is then closed so that the reader fails everything pending.
+// the connection is still fine; any other failure breaks the connection:
+// it is closed and everything pending fails.
 func (c *Client) send(h *ipc.Header, payload []byte) error {
 	err := c.conn.Write(h, payload)
 	if err == nil {
@@ -374,7 +408,7 @@ func (c *Client) send(h *ipc.Header, payload []byte) error {
 		return fmt.Errorf("cgpool: %s %d: %w", h.Type, h.ID, err)
 	}
 	err = c.setErr(fmt.Errorf("write: %w", err))
-	c.conn.Close()
+	c.shutdown(err)
 	return err
 }
 
@@ -398,22 +432,8 @@ func (c *Client) setErr(cause error) error {
 	return c.err
 }
 
-// readLoop is the Client's only reader: it dispatches every incoming frame
-// and, when the connection ends, fails everything still pending.
-func (c *Client) readLoop() {
-	defer close(c.readerDone)
-	for {
-		h, payload, err := c.conn.Read()
-		if err != nil {
-			c.shutdown(err)
-			return
-		}
-		c.dispatch(&h, payload)
-	}
-}
-
-// shutdown closes the connection after a read error and fails every
-// pending future, request and cancel.
+// shutdown closes the connection after a read error (or Close) and fails
+// every pending future, request and cancel.
 func (c *Client) shutdown(cause error) {
 	err := c.setErr(cause)
 	c.conn.Close()
@@ -424,12 +444,12 @@ func (c *Client) shutdown(cause error) {
 	for _, f := range futures {
 		f.fail(err)
 	}
-	for _, ch := range requests {
-		ch <- reply{err: err}
+	for _, p := range requests {
+		p.deliver(reply{err: err})
 	}
 	for _, q := range cancels {
-		for _, ch := range q {
-			ch <- reply{err: err}
+		for _, p := range q {
+			p.deliver(reply{err: err})
 		}
 	}
 }
@@ -451,12 +471,12 @@ func (c *Client) dispatch(h *ipc.Header, payload []byte) {
 			f.handle(h, payload)
 		}
 	case ipc.TypeCancelReply:
-		if ch := c.popCancel(h.ID); ch != nil {
-			ch <- reply{h: *h}
+		if p := c.popCancel(h.ID); p != nil {
+			p.deliver(reply{h: *h})
 		}
 	case ipc.TypeStatsReply, ipc.TypeStatusReply, ipc.TypeOK:
-		if ch := c.popRequest(h.ID); ch != nil {
-			ch <- reply{h: *h}
+		if p := c.popRequest(h.ID); p != nil {
+			p.deliver(reply{h: *h})
 		}
 	case ipc.TypeError:
 		if h.ID == 0 {
@@ -468,12 +488,12 @@ func (c *Client) dispatch(h *ipc.Header, payload []byte) {
 		// Ids are unique across requests and submissions; an error about a
 		// submission id answers a cancel if one is waiting, and otherwise
 		// ends the submission.
-		if ch := c.popRequest(h.ID); ch != nil {
-			ch <- reply{h: *h}
+		if p := c.popRequest(h.ID); p != nil {
+			p.deliver(reply{h: *h})
 			return
 		}
-		if ch := c.popCancel(h.ID); ch != nil {
-			ch <- reply{h: *h}
+		if p := c.popCancel(h.ID); p != nil {
+			p.deliver(reply{h: *h})
 			return
 		}
 		c.mu.Lock()
@@ -486,7 +506,7 @@ func (c *Client) dispatch(h *ipc.Header, payload []byte) {
 	}
 }
 
-func (c *Client) popRequest(id uint64) chan reply {
+func (c *Client) popRequest(id uint64) *pending {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ch := c.requests[id]
@@ -494,7 +514,7 @@ func (c *Client) popRequest(id uint64) chan reply {
 	return ch
 }
 
-func (c *Client) popCancel(id uint64) chan reply {
+func (c *Client) popCancel(id uint64) *pending {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	q := c.cancels[id]

@@ -950,9 +950,9 @@ func TestCloseWaitsForReader(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	select {
-	case <-c.readerDone:
+	case <-c.bgDone:
 	default:
-		t.Fatal("Close returned before the reader goroutine exited")
+		t.Fatal("Close returned before the background goroutine exited")
 	}
 	select {
 	case <-f.Done():
@@ -1073,4 +1073,111 @@ func BenchmarkRoundTripParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestWaiterReadsItself: with one submission in flight and nobody else
+// reading, the goroutine in Wait holds the read role (the answer wakes it
+// directly, with no reader goroutine between), and gives it back after.
+func TestWaiterReadsItself(t *testing.T) {
+	c, sc := setup(t)
+	f := submit(t, c, Task{Pool: "default"})
+	h, _ := sc.expect(t, ipc.TypeSubmit)
+	res := async(func() (*Result, error) { return f.Wait(testCtx(t)) })
+	deadline := time.Now().Add(testTimeout)
+	for {
+		c.mu.Lock()
+		role := c.role
+		c.mu.Unlock()
+		if role == roleWaiter {
+			break
+		}
+		if role == roleBG || time.Now().After(deadline) {
+			t.Fatalf("read role %d while one waiter waits, want the waiter's", role)
+		}
+		time.Sleep(time.Millisecond) // polling the role with a deadline
+	}
+	sc.send(t, ipc.Header{Type: ipc.TypeResult, ID: h.ID}, []byte("out"))
+	if o := recv(t, res); o.err != nil || string(o.v.Payload) != "out" {
+		t.Fatalf("Wait = %+v, %v", o.v, o.err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.role != roleNone || len(c.line) != 0 {
+		t.Fatalf("after the wait: role %d, %d in line", c.role, len(c.line))
+	}
+}
+
+// TestWaitInterruptedMidFrame: a waiter that reads and whose context ends
+// while a frame is half arrived returns at once; the half frame is kept,
+// and the next Wait gets the whole answer.
+func TestWaitInterruptedMidFrame(t *testing.T) {
+	c, sc := setup(t)
+	f := submit(t, c, Task{Pool: "default"})
+	h, _ := sc.expect(t, ipc.TypeSubmit)
+	var frame bytes.Buffer
+	ipc.NewConn(nopRWC{&frame}).Write(&ipc.Header{Type: ipc.TypeResult, ID: h.ID, Message: "whole"}, bytes.Repeat([]byte("r"), 5000))
+	raw := frame.Bytes()
+	ctx, cancel := context.WithCancel(context.Background())
+	res := async(func() (*Result, error) { return f.Wait(ctx) })
+	if _, err := sc.nc.Write(raw[:len(raw)/2]); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if o := recv(t, res); !errors.Is(o.err, context.Canceled) {
+		t.Fatalf("Wait after its context ended = %+v, %v", o.v, o.err)
+	}
+	if _, err := sc.nc.Write(raw[len(raw)/2:]); err != nil {
+		t.Fatal(err)
+	}
+	r, err := wait(t, f)
+	if err != nil || len(r.Payload) != 5000 {
+		t.Fatalf("Wait = %+v, %v", r, err)
+	}
+	barrier(t, c, sc) // the stream is still in sync
+}
+
+type nopRWC struct{ io.ReadWriter }
+
+func (nopRWC) Close() error { return nil }
+
+// TestWatchedFutureIsRead: a Future nobody waits for but whose Done
+// channel is watched still completes: the background goroutine reads.
+func TestWatchedFutureIsRead(t *testing.T) {
+	c, sc := setup(t)
+	f := submit(t, c, Task{Pool: "default"})
+	h, _ := sc.expect(t, ipc.TypeSubmit)
+	done := f.Done()
+	sc.send(t, ipc.Header{Type: ipc.TypeRunning, ID: h.ID, PID: 77, Leaf: "w-1"}, nil)
+	sc.send(t, ipc.Header{Type: ipc.TypeResult, ID: h.ID, PID: 77}, []byte("x"))
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		t.Fatal("a watched Future was not completed without a waiter")
+	}
+	if f.PID() != 77 {
+		t.Fatalf("pid %d", f.PID())
+	}
+}
+
+// TestManyInFlightWithoutWaiting: a caller that submits far more than the
+// socket buffers hold before it waits for anything does not stall: the
+// answers are read meanwhile (the echo server, like cgpool's, stops
+// reading a client that does not read its answers).
+func TestManyInFlightWithoutWaiting(t *testing.T) {
+	srv := startServer(t, echo)
+	c := dial(t, srv.path)
+	ctx := testCtx(t)
+	payload := bytes.Repeat([]byte("p"), 4<<10)
+	fs := make([]*Future, 2000) // 8 MiB of answers
+	for i := range fs {
+		var err error
+		if fs[i], err = c.Submit(ctx, Task{Pool: "default", Payload: payload}); err != nil {
+			t.Fatalf("Submit %d: %v", i, err)
+		}
+	}
+	for i, f := range fs {
+		if res, err := f.Wait(ctx); err != nil || len(res.Payload) != len(payload) {
+			t.Fatalf("Wait %d: %v", i, err)
+		}
+	}
 }

@@ -22,10 +22,11 @@
 //     counter starting at 1, as the protocol requires (unique per
 //     connection). A cancel uses its submission's id.
 //   - Pipelining and dispatch: any number of submissions and requests may
-//     be in flight. One reader goroutine per Client reads every frame and
-//     hands it, by id, to the [Future] or the waiting request it answers;
-//     frames about unknown ids (late answers to abandoned requests) and of
-//     unknown types are ignored.
+//     be in flight. One goroutine at a time reads the connection and hands
+//     every frame, by id, to the [Future] or the waiting request it
+//     answers; frames about unknown ids (late answers to abandoned
+//     requests) and of unknown types are ignored. Which goroutine reads is
+//     described under Concurrency.
 //   - The mapping of the protocol's outcomes to Go values: [Result] for
 //     "result" (with stdout and stderr split for exec pools), and typed
 //     errors for the others: [*RejectedError] (errors.Is with
@@ -50,11 +51,23 @@
 //
 // [Client] and [Future] are safe for concurrent use by any number of
 // goroutines. Submit and the requests write their frame directly (frames
-// are never interleaved) and do not wait for each other. Each Client runs
-// exactly one goroutine, its reader, from Dial until the connection ends;
-// [Client.Close] closes the connection and returns only after the reader
-// has exited. Every blocking call takes a context: ending it stops the
-// wait but never cancels a task (use [Future.Cancel]). Values handed out
+// are never interleaved) and do not wait for each other.
+//
+// A goroutine that waits ([Future.Wait], [Future.Accepted], a request, a
+// cancel) reads the connection itself when no other goroutine does, so
+// that the answer it waits for wakes it directly: on small VMs, handing
+// every answer over from a reader goroutine costs a thread wake-up, about
+// as much as the rest of a no-op round trip. Other waiters queue and take
+// over in turn. Each Client also runs one background goroutine, from Dial
+// to [Client.Close], which reads when nobody may be waiting: while two or
+// more submissions are unfinished, or while an unfinished Future is
+// watched ([Future.Done], [Future.PID], [Future.Leaf], [Future.Running]).
+// So a single submission that nobody waits for or watches leaves its
+// answers in the socket until someone does; everything else behaves as
+// with a dedicated reader. [Client.Close] closes the connection, fails
+// what is pending and returns after the background goroutine has exited.
+// Every blocking call takes a context: ending it stops the wait but never
+// cancels a task (use [Future.Cancel]). Values handed out
 // ([Result], error structs, payloads) are not shared with the Client after
 // they are delivered, except that all waiters of one Future get the same
 // ones: treat them as read-only.

@@ -84,6 +84,7 @@ type Future struct {
 	running    bool
 	isAccepted bool  // accepted is closed
 	finished   bool  // done is closed (or about to be)
+	watched    bool  // counted in Client.watched until finished
 	acceptErr  error // valid once accepted is closed
 	res        *Result
 	err        error // valid once done is closed
@@ -111,6 +112,7 @@ func (f *Future) ID() uint64 { return f.id }
 func (f *Future) PID() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.watchLocked()
 	return f.pid
 }
 
@@ -119,6 +121,7 @@ func (f *Future) PID() int {
 func (f *Future) Leaf() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.watchLocked()
 	return f.leaf
 }
 
@@ -127,13 +130,32 @@ func (f *Future) Leaf() string {
 func (f *Future) Running() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.watchLocked()
 	return f.running
 }
 
 // Done returns a channel that is closed once the outcome is known (a final
 // message arrived or the connection is gone); [Future.Wait] then returns at
 // once.
-func (f *Future) Done() <-chan struct{} { return f.done }
+func (f *Future) Done() <-chan struct{} {
+	f.mu.Lock()
+	f.watchLocked()
+	f.mu.Unlock()
+	return f.done
+}
+
+// watchLocked makes the Client read for this Future even when nobody
+// waits for it: its PID, Running state or Done channel is being looked at.
+// f.mu is held (lock order: f.mu, then c.mu).
+func (f *Future) watchLocked() {
+	if f.watched || f.finished {
+		return
+	}
+	f.watched = true
+	f.c.mu.Lock()
+	f.c.watchLocked()
+	f.c.mu.Unlock()
+}
 
 // Wait blocks until the submission's outcome is known or ctx ends. Ending
 // ctx only stops the wait: it does not cancel the task (use
@@ -147,17 +169,14 @@ func (f *Future) Done() <-chan struct{} { return f.done }
 // if the connection went away first (the task may or may not have run); or
 // ctx.Err(). Every caller gets the same *Result; treat it as read-only.
 func (f *Future) Wait(ctx context.Context) (*Result, error) {
-	select {
-	case <-f.done:
-		return f.res, f.err
-	default:
+	if err := f.c.await(ctx, f.done); err != nil {
+		select {
+		case <-f.done:
+		default:
+			return nil, err
+		}
 	}
-	select {
-	case <-f.done:
-		return f.res, f.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return f.res, f.err
 }
 
 // Accepted blocks until the server has decided whether to take the
@@ -168,17 +187,14 @@ func (f *Future) Wait(ctx context.Context) (*Result, error) {
 // wrapping [ErrClosed] if the connection went away first; or ctx.Err().
 // Ending ctx does not cancel the task.
 func (f *Future) Accepted(ctx context.Context) error {
-	select {
-	case <-f.accepted:
-		return f.acceptErr
-	default:
+	if err := f.c.await(ctx, f.accepted); err != nil {
+		select {
+		case <-f.accepted:
+		default:
+			return err
+		}
 	}
-	select {
-	case <-f.accepted:
-		return f.acceptErr
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return f.acceptErr
 }
 
 // Cancel asks the server to cancel the submission and blocks until its
@@ -215,7 +231,7 @@ func (f *Future) Cancel(ctx context.Context, hard bool) (bool, error) {
 }
 
 // handle applies one server message about this submission. Called by the
-// reader goroutine only.
+// goroutine that holds the read role.
 func (f *Future) handle(h *ipc.Header, payload []byte) {
 	switch h.Type {
 	case ipc.TypeAccepted:
@@ -324,6 +340,11 @@ func (f *Future) finishLocked(res *Result, err, acceptErr error) {
 	f.res, f.err = res, err
 	f.acceptLocked(acceptErr)
 	close(f.done)
+	if f.watched {
+		f.c.mu.Lock()
+		f.c.watched--
+		f.c.mu.Unlock()
+	}
 }
 
 // fail ends the future with err (the connection is gone).
