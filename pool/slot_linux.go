@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/spawn"
 	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 )
 
 // teardownTimeout bounds the wait for a killed slot to empty.
@@ -389,7 +389,7 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 			// Deadpool, which starts a replacement when a task needs it).
 			return nil, true, nil
 		}
-		if s.w != nil && s.w.exited() {
+		if s.w != nil && s.w.dead() {
 			p.log.Warn("idle worker died; replacing it (no task was running)", "pid", s.pid)
 			return nil, true, nil
 		}
@@ -649,8 +649,12 @@ func (s *slot) runWorkerTask(t *Task, pre *read) {
 		} else {
 			o.Kind, o.Message, o.Traceback, o.Payload = TaskError, reply.h.Message, reply.h.Traceback, reply.payload
 		}
+		// Counted before the outcome goes out, so that writing it is the
+		// last thing the slot does before it waits again: the client's
+		// wake-up then finds this CPU free.
+		left := s.leftovers()
 		s.finish(t, &o)
-		s.afterTask()
+		s.afterTask(left)
 		return
 	}
 	if p.killReason(t) == "" {
@@ -740,10 +744,11 @@ func (s *slot) classify(t *Task, base Outcome, before oomwatch.Counters, kill oo
 }
 
 // afterTask applies the per-worker policies after an answered task:
-// leftovers, max_tasks_per_child, memory ceiling, trim.
-func (s *slot) afterTask() {
+// leftovers (left, counted by the caller before the outcome went out),
+// max_tasks_per_child, memory ceiling, trim.
+func (s *slot) afterTask(left int) {
 	p := s.p
-	if n := s.leftovers(); n > 0 {
+	if n := left; n > 0 {
 		p.log.Info("killing what a task left behind in its worker's cgroup", "slot", s.group.Path(), "processes", n)
 		p.mu.Lock()
 		p.stats.LeftoverProcessesKilled += int64(n)
@@ -827,15 +832,16 @@ func (s *slot) procs() []int {
 
 // leftovers counts processes in the slot other than the worker. The fast
 // path is two preads: the leaf holds exactly the worker, and the slot has
-// no group but the leaf.
+// no group but the leaf. (One pread each: cgroupfs returns a short file
+// whole, and os.File.ReadAt would read again to see the end.)
 func (s *slot) leftovers() int {
 	var buf [512]byte
-	n, err := s.leafProcs.ReadAt(buf[:], 0)
-	if err == nil || errors.Is(err, io.EOF) {
+	n, err := unix.Pread(int(s.leafProcs.Fd()), buf[:], 0)
+	if err == nil && n < len(buf) {
 		f := strings.Fields(string(buf[:n]))
 		if len(f) == 1 && (s.w == nil || f[0] == strconv.Itoa(s.w.pid())) {
-			n, err = s.slotStat.ReadAt(buf[:], 0)
-			if err == nil || errors.Is(err, io.EOF) {
+			n, err = unix.Pread(int(s.slotStat.Fd()), buf[:], 0)
+			if err == nil && n < len(buf) {
 				m, _ := cgroup.ParseFlatKeyed(string(buf[:n]))
 				if m["nr_descendants"] <= 1 {
 					return 0

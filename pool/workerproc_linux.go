@@ -85,7 +85,20 @@ func startWorker(leafDir *os.File, argv, env []string, cred *syscall.Credential)
 func (w *workerProc) pid() int { return w.proc.Pid() }
 
 // exited reports whether the worker has ended (it may not be reaped yet).
+// It asks the pidfd: a system call.
 func (w *workerProc) exited() bool { return w.proc.Exited() }
+
+// dead reports whether the worker's end has been seen (its Done channel is
+// closed). It costs no system call; a death not seen yet shows up on the
+// worker's socket or through the pidfd watcher.
+func (w *workerProc) dead() bool {
+	select {
+	case <-w.proc.Done():
+		return true
+	default:
+		return false
+	}
+}
 
 // kill SIGKILLs the worker process alone (its group is the caller's to
 // kill), then reaps and releases everything.
