@@ -123,45 +123,10 @@ func BenchmarkReplaceAfterKill(b *testing.B) {
 // rawRoundTrips times n 64-byte frame round trips to an echo goroutine
 // over a unix socket, with the same ipc framing.
 func rawRoundTrips(b *testing.B, n int) []time.Duration {
-	dir := b.TempDir()
-	ln, err := net.Listen("unix", filepath.Join(dir, "raw.sock"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		sc, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		c := ipc.NewConn(sc)
-		defer c.Close()
-		for {
-			h, p, err := c.Read()
-			if err != nil {
-				return
-			}
-			h.Type = ipc.TypeResult
-			c.Write(&h, p)
-		}
-	}()
-	nc, err := net.Dial("unix", filepath.Join(dir, "raw.sock"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	c := ipc.NewConn(nc)
-	defer c.Close()
-	out := make([]time.Duration, 0, n)
-	payload := make([]byte, 64)
-	for i := 0; i < n; i++ {
-		t0 := time.Now()
-		c.Write(&ipc.Header{Type: ipc.TypeSubmit, ID: uint64(i + 1)}, payload)
-		if _, _, err := c.Read(); err != nil {
-			b.Fatal(err)
-		}
-		out = append(out, time.Since(t0))
-	}
-	return out
+	return floorRoundTrips(b, n, make([]byte, 64), func(h ipc.Header, p []byte) (ipc.Header, []byte, error) {
+		h.Type = ipc.TypeResult
+		return h, p, nil
+	})
 }
 
 // relayRoundTrips times n no-op tasks on the path of a task with nothing
@@ -193,8 +158,21 @@ func relayRoundTrips(b *testing.B, n int) []time.Duration {
 	if h, _, err := w.Read(); err != nil || h.Type != ipc.TypeHello {
 		b.Fatalf("relay worker hello: %v %v", h, err)
 	}
-	dir := b.TempDir()
-	ln, err := net.Listen("unix", filepath.Join(dir, "relay.sock"))
+	return floorRoundTrips(b, n, []byte("echo:x"), func(h ipc.Header, p []byte) (ipc.Header, []byte, error) {
+		if err := w.Write(&ipc.Header{Type: ipc.TypeTask, ID: h.ID}, p); err != nil {
+			return h, nil, err
+		}
+		r, rp, err := w.Read()
+		return ipc.Header{Type: ipc.TypeResult, ID: r.ID}, rp, err
+	})
+}
+
+// floorRoundTrips times n round trips of payload to a goroutine that
+// answers each frame with answer, across a unix socket, after as many
+// again to warm up.
+func floorRoundTrips(b *testing.B, n int, payload []byte, answer func(ipc.Header, []byte) (ipc.Header, []byte, error)) []time.Duration {
+	path := filepath.Join(b.TempDir(), "floor.sock")
+	ln, err := net.Listen("unix", path)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -211,30 +189,26 @@ func relayRoundTrips(b *testing.B, n int) []time.Duration {
 			if err != nil {
 				return
 			}
-			if w.Write(&ipc.Header{Type: ipc.TypeTask, ID: h.ID}, p) != nil {
+			if h, p, err = answer(h, p); err != nil {
 				return
 			}
-			r, rp, err := w.Read()
-			if err != nil {
-				return
-			}
-			c.Write(&ipc.Header{Type: ipc.TypeResult, ID: r.ID}, rp)
+			c.Write(&h, p)
 		}
 	}()
-	nc, err := net.Dial("unix", filepath.Join(dir, "relay.sock"))
+	nc, err := net.Dial("unix", path)
 	if err != nil {
 		b.Fatal(err)
 	}
 	c := ipc.NewConn(nc)
 	defer c.Close()
 	out := make([]time.Duration, 0, n)
-	for i := 0; i < n+200; i++ {
+	for i := range 2 * n {
 		t0 := time.Now()
-		c.Write(&ipc.Header{Type: ipc.TypeSubmit, ID: uint64(i + 1)}, []byte("echo:x"))
+		c.Write(&ipc.Header{Type: ipc.TypeSubmit, ID: uint64(i + 1)}, payload)
 		if h, _, err := c.Read(); err != nil || h.Type != ipc.TypeResult {
-			b.Fatalf("relay: %v %v", h, err)
+			b.Fatalf("floor round trip: %+v %v", h, err)
 		}
-		if i >= 200 { // the first ones warm up
+		if i >= n {
 			out = append(out, time.Since(t0))
 		}
 	}
