@@ -328,27 +328,35 @@ func (c *Client) request(ctx context.Context, h ipc.Header, want string) (ipc.He
 		c.mu.Unlock()
 		return ipc.Header{}, err
 	}
+	r, err := c.awaitReply(ctx, p, h.Type, func() {
+		c.mu.Lock()
+		delete(c.requests, h.ID)
+		c.mu.Unlock()
+	})
+	if err == nil && r.Type != want {
+		return ipc.Header{}, fmt.Errorf("cgpool: %s: %w: answered with %q, want %q", h.Type, ipc.ErrProtocol, r.Type, want)
+	}
+	return r, err
+}
+
+// awaitReply waits for p's reply (see await) and turns an error frame into
+// an error. If ctx ends first, abandon runs and ctx.Err() is returned.
+func (c *Client) awaitReply(ctx context.Context, p *pending, what string, abandon func()) (ipc.Header, error) {
 	if err := c.await(ctx, p.done); err != nil {
 		select {
 		case <-p.done:
 		default:
-			c.mu.Lock()
-			delete(c.requests, h.ID)
-			c.mu.Unlock()
+			abandon()
 			return ipc.Header{}, err
 		}
 	}
-	r := p.r
-	if r.err != nil {
-		return ipc.Header{}, r.err
+	if p.r.err != nil {
+		return ipc.Header{}, p.r.err
 	}
-	if r.h.Type == ipc.TypeError {
-		return ipc.Header{}, fmt.Errorf("cgpool: %s: %w", h.Type, r.h.Err())
+	if p.r.h.Type == ipc.TypeError {
+		return ipc.Header{}, fmt.Errorf("cgpool: %s: %w", what, p.r.h.Err())
 	}
-	if r.h.Type != want {
-		return ipc.Header{}, fmt.Errorf("cgpool: %s: %w: answered with %q, want %q", h.Type, ipc.ErrProtocol, r.h.Type, want)
-	}
-	return r.h, nil
+	return p.r.h, nil
 }
 
 // cancel sends cancel{id, mode} and waits for its cancel_reply (or error).
@@ -378,21 +386,9 @@ func (c *Client) cancel(ctx context.Context, id uint64, mode string) (ipc.Header
 		c.mu.Unlock()
 		return ipc.Header{}, err
 	}
-	if err := c.await(ctx, p.done); err != nil {
-		select {
-		case <-p.done:
-		default:
-			return ipc.Header{}, err // stays queued: later replies still reach the right waiter
-		}
-	}
-	r := p.r
-	if r.err != nil {
-		return ipc.Header{}, r.err
-	}
-	if r.h.Type == ipc.TypeError {
-		return ipc.Header{}, fmt.Errorf("cgpool: cancel: %w", r.h.Err())
-	}
-	return r.h, nil
+	// An abandoned cancel stays queued: later replies still reach the
+	// right waiter.
+	return c.awaitReply(ctx, p, ipc.TypeCancel, func() {})
 }
 
 // send writes one frame. A *ipc.FrameError means nothing was written and
