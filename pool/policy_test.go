@@ -3,6 +3,8 @@ package pool_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -119,5 +121,37 @@ func TestExecPool(t *testing.T) {
 	}
 	if _, err := p.Submit(context.Background(), pool.Spec{Payload: []byte("x")}, nil); !errors.Is(err, pool.ErrInvalid) {
 		t.Errorf("exec task without argv: %v, want ErrInvalid", err)
+	}
+}
+
+// TestWorkersRunAsConfiguredUser: with uid and gid set, the pool's workers
+// run as that user and group (here nobody/nogroup, 65534).
+func TestWorkersRunAsConfiguredUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("starting workers as another user needs root")
+	}
+	// The worker program must be readable by that user: a copy of this
+	// test binary in a directory anyone may enter.
+	dir, err := os.MkdirTemp("", "cgpool-uid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	self, _ := os.Executable()
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "worker")
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	id := uint32(65534)
+	_, p := newPool(t, func(c *pool.Config) { c.Command, c.UID, c.GID = []string{exe}, &id, &id })
+	if o := run(t, p, "ids"); o.Kind != pool.Result || string(o.Payload) != "65534:65534" {
+		t.Fatalf("worker ids: %+v", o)
 	}
 }

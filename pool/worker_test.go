@@ -44,6 +44,7 @@ func TestMain(m *testing.M) {
 //
 //	echo:X     answer X
 //	pid        answer the worker's pid
+//	ids        answer "uid:gid" of the worker
 //	env:NAME   answer $NAME
 //	sleep:MS   sleep, answer "slept"
 //	big:N      answer N bytes
@@ -61,6 +62,8 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		return []byte(arg), nil
 	case "pid":
 		return []byte(strconv.Itoa(os.Getpid())), nil
+	case "ids":
+		return []byte(fmt.Sprintf("%d:%d", os.Getuid(), os.Getgid())), nil
 	case "env":
 		return []byte(os.Getenv(arg)), nil
 	case "sleep":
