@@ -85,9 +85,9 @@ type Queue[T any] struct {
 
 	byID      idTable[T]
 	levels    map[int]*level[T]     // non-empty and a few idle levels
-	prios     []*level[T]           // min-heap on prio of non-empty levels
+	prios     ixheap[*level[T]]     // non-empty levels, on prio
 	cqs       map[cqKey]*clientQ[T] // non-empty client FIFOs
-	deadlines []*entry[T]           // min-heap on (Deadline, seq)
+	deadlines ixheap[*entry[T]]     // entries with a deadline, on (Deadline, seq)
 
 	// Free lists of recycled records (linked through next and rnext).
 	freeEntries    *entry[T]
@@ -145,7 +145,7 @@ func (q *Queue[T]) Push(it Item[T]) error {
 			q.levels[it.Priority] = lvl
 		}
 		if lvl.idx < 0 {
-			q.prioPush(lvl)
+			q.prios.push(lvl)
 		}
 		cq = q.newClientQ(it.Client, lvl)
 		q.cqs[key] = cq
@@ -170,7 +170,7 @@ func (q *Queue[T]) Push(it Item[T]) error {
 	cq.tail = e
 	q.byID.setAt(slot, it.ID, e)
 	if !it.Deadline.IsZero() {
-		q.dlPush(e)
+		q.deadlines.push(e)
 	}
 	q.n++
 	return nil
@@ -184,7 +184,7 @@ func (q *Queue[T]) Pop() (Item[T], bool) {
 	if q.n == 0 {
 		return Item[T]{}, false
 	}
-	lvl := q.prios[0]
+	lvl := q.prios.min()
 	cq := lvl.rhead
 	e := cq.head
 	it := e.item
@@ -223,7 +223,7 @@ func (q *Queue[T]) Remove(id uint64) (Item[T], bool) {
 func (q *Queue[T]) RemoveClient(client uint64) []Item[T] {
 	var cqs []*clientQ[T]
 	count := 0
-	for _, lvl := range q.prios {
+	for _, lvl := range q.prios.s {
 		if cq := q.cqs[cqKey{client, lvl.prio}]; cq != nil {
 			cqs = append(cqs, cq)
 			for e := cq.head; e != nil; e = e.next {
@@ -253,8 +253,8 @@ func (q *Queue[T]) RemoveClient(client uint64) []Item[T] {
 // clock; the returned slice belongs to the caller.
 func (q *Queue[T]) Expire(now time.Time) []Item[T] {
 	var out []Item[T]
-	for len(q.deadlines) > 0 && !q.deadlines[0].item.Deadline.After(now) {
-		e := q.deadlines[0]
+	for q.deadlines.len() > 0 && !q.deadlines.min().item.Deadline.After(now) {
+		e := q.deadlines.min()
 		out = append(out, e.item)
 		q.unlink(e)
 	}
@@ -266,10 +266,10 @@ func (q *Queue[T]) Expire(now time.Time) []Item[T] {
 // arm a single timer for it and call [Queue.Expire] when it fires. It does
 // not block.
 func (q *Queue[T]) NextDeadline() (time.Time, bool) {
-	if len(q.deadlines) == 0 {
+	if q.deadlines.len() == 0 {
 		return time.Time{}, false
 	}
-	return q.deadlines[0].item.Deadline, true
+	return q.deadlines.min().item.Deadline, true
 }
 
 // Drain removes every queued item and returns them in the order in which Pop
@@ -333,9 +333,8 @@ func (q *Queue[T]) dropClientQ(cq *clientQ[T]) {
 	q.freeClientQ(cq)
 
 	if lvl.rhead == nil {
-		q.prioRemove(lvl.idx)
-		lvl.idx = -1
-		if len(q.levels)-len(q.prios) > maxIdleLevels {
+		q.prios.remove(lvl.idx)
+		if len(q.levels)-q.prios.len() > maxIdleLevels {
 			delete(q.levels, lvl.prio)
 		}
 	}
@@ -384,130 +383,25 @@ func (q *Queue[T]) freeClientQ(cq *clientQ[T]) {
 	}
 }
 
-// Priority heap (min-heap of non-empty levels on prio).
+// Heap orders (see ixheap).
 
-func (q *Queue[T]) prioPush(l *level[T]) {
-	l.idx = len(q.prios)
-	q.prios = append(q.prios, l)
-	q.prioUp(l.idx)
-}
+func (l *level[T]) before(o *level[T]) bool { return l.prio < o.prio }
+func (l *level[T]) setIndex(i int)          { l.idx = i }
 
-func (q *Queue[T]) prioRemove(i int) {
-	h := q.prios
-	last := len(h) - 1
-	if i != last {
-		h[i] = h[last]
-		h[i].idx = i
+// An entry's deadline order is (Deadline, seq): arrival breaks ties.
+func (e *entry[T]) before(o *entry[T]) bool {
+	if e.item.Deadline.Equal(o.item.Deadline) {
+		return e.seq < o.seq
 	}
-	h[last] = nil
-	q.prios = h[:last]
-	if i != last {
-		if !q.prioDown(i) {
-			q.prioUp(i)
-		}
-	}
+	return e.item.Deadline.Before(o.item.Deadline)
 }
+func (e *entry[T]) setIndex(i int) { e.dl = i }
 
-func (q *Queue[T]) prioUp(i int) {
-	h := q.prios
-	for i > 0 {
-		p := (i - 1) / 2
-		if h[p].prio <= h[i].prio {
-			break
-		}
-		h[p], h[i] = h[i], h[p]
-		h[p].idx, h[i].idx = p, i
-		i = p
-	}
-}
-
-func (q *Queue[T]) prioDown(i int) bool {
-	h := q.prios
-	start := i
-	for {
-		c := 2*i + 1
-		if c >= len(h) {
-			break
-		}
-		if r := c + 1; r < len(h) && h[r].prio < h[c].prio {
-			c = r
-		}
-		if h[i].prio <= h[c].prio {
-			break
-		}
-		h[i], h[c] = h[c], h[i]
-		h[i].idx, h[c].idx = i, c
-		i = c
-	}
-	return i != start
-}
-
-// Deadline heap (min-heap of entries on (Deadline, seq)).
-
-func dlLess[T any](a, b *entry[T]) bool {
-	if a.item.Deadline.Equal(b.item.Deadline) {
-		return a.seq < b.seq
-	}
-	return a.item.Deadline.Before(b.item.Deadline)
-}
-
-func (q *Queue[T]) dlPush(e *entry[T]) {
-	e.dl = len(q.deadlines)
-	q.deadlines = append(q.deadlines, e)
-	q.dlUp(e.dl)
-}
-
+// dlRemove takes the entry at index i out of the deadline heap and gives
+// memory back after a burst of deadlines.
 func (q *Queue[T]) dlRemove(i int) {
-	h := q.deadlines
-	last := len(h) - 1
-	h[i].dl = -1
-	if i != last {
-		h[i] = h[last]
-		h[i].dl = i
+	q.deadlines.remove(i)
+	if c := cap(q.deadlines.s); c > 1024 && len(q.deadlines.s) < c/4 {
+		q.deadlines.s = append(make([]*entry[T], 0, c/2), q.deadlines.s...)
 	}
-	h[last] = nil
-	q.deadlines = h[:last]
-	if c := cap(h); c > 1024 && last < c/4 {
-		// Give back memory after a burst of deadlines.
-		q.deadlines = append(make([]*entry[T], 0, c/2), q.deadlines...)
-	}
-	if i != last {
-		if !q.dlDown(i) {
-			q.dlUp(i)
-		}
-	}
-}
-
-func (q *Queue[T]) dlUp(i int) {
-	h := q.deadlines
-	for i > 0 {
-		p := (i - 1) / 2
-		if !dlLess(h[i], h[p]) {
-			break
-		}
-		h[p], h[i] = h[i], h[p]
-		h[p].dl, h[i].dl = p, i
-		i = p
-	}
-}
-
-func (q *Queue[T]) dlDown(i int) bool {
-	h := q.deadlines
-	start := i
-	for {
-		c := 2*i + 1
-		if c >= len(h) {
-			break
-		}
-		if r := c + 1; r < len(h) && dlLess(h[r], h[c]) {
-			c = r
-		}
-		if !dlLess(h[c], h[i]) {
-			break
-		}
-		h[i], h[c] = h[c], h[i]
-		h[i].dl, h[c].dl = i, c
-		i = c
-	}
-	return i != start
 }

@@ -1022,7 +1022,7 @@ func TestShrinkAfterBurst(t *testing.T) {
 			if got := tc.empty(q); got != burst {
 				t.Fatalf("%s removed %d items, want %d", tc.name, got, burst)
 			}
-			if c := cap(q.deadlines); c > 2048 {
+			if c := cap(q.deadlines.s); c > 2048 {
 				t.Fatalf("cap(deadlines) = %d after emptying, want <= 2048", c)
 			}
 			if n := len(q.byID.slots); n > 1024 {
