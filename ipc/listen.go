@@ -216,6 +216,35 @@ func Listen(path string, opts ListenOptions) (*Listener, error) {
 	return l, nil
 }
 
+// Adopt wraps a listening unix socket that someone else made and owns,
+// typically systemd under socket activation: Accept applies opts' peer
+// checks (AllowUIDs, AllowGIDs, Group) as for [Listen], but the socket
+// file's mode, owner and directory are its maker's business (systemd's
+// SocketMode, SocketUser, SocketGroup), and Close never removes it. opts'
+// Mode is ignored.
+func Adopt(ul *net.UnixListener, opts ListenOptions) *Listener {
+	ul.SetUnlinkOnClose(false)
+	path := ""
+	if a, ok := ul.Addr().(*net.UnixAddr); ok {
+		path = a.Name
+	}
+	l := &Listener{
+		ln:   ul,
+		path: path, // dev and ino stay 0: Close finds no file of its own to remove
+		self: uint32(os.Geteuid()),
+		uids: slices.Clone(opts.AllowUIDs),
+		gids: slices.Clone(opts.AllowGIDs),
+		log:  opts.Logger,
+	}
+	if opts.Group > 0 {
+		l.gids = append(l.gids, uint32(opts.Group))
+	}
+	if l.log == nil {
+		l.log = slog.Default()
+	}
+	return l
+}
+
 // checkDir returns why dir (whose stat is st) is unsafe, or "".
 func checkDir(dir string, st *unix.Stat_t, self uint32) string {
 	perm := st.Mode & 0o7777
@@ -350,6 +379,10 @@ func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		first = true
 		var err error
+		if l.ino == 0 { // adopted: the file is not ours
+			l.closeErr = l.ln.Close()
+			return
+		}
 		if dfd, e := unix.Open(filepath.Dir(l.path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); e == nil {
 			_ = flock(dfd, unix.LOCK_EX)
 			defer unix.Close(dfd)

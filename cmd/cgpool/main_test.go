@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -257,5 +258,65 @@ func TestStaleRootSwept(t *testing.T) {
 	}
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stale root %s still there after the next start: %v", stale, err)
+	}
+}
+
+// TestServeSocketActivation: given a listening socket the way systemd
+// passes one (fd 3, LISTEN_FDS=1, LISTEN_PID of the server), serve uses it
+// instead of making its own, serves tasks on it, and leaves it in place on
+// exit: the file is systemd's.
+func TestServeSocketActivation(t *testing.T) {
+	requireCgroups(t)
+	dir, err := os.MkdirTemp("", "cgpool-act")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "activated.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	f, err := ln.File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	exe, _ := os.Executable()
+	// sh sets LISTEN_PID to its own pid, which exec hands on to serve.
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c",
+		`export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" serve --ready -j 1 --log-level warn --socket "$1"`,
+		exe, filepath.Join(dir, "not-used", "cgpool.sock"))
+	cmd.Env = append(os.Environ(), "CGPOOL_TEST_MAIN=1")
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready "+sock+"\n" {
+		t.Fatalf("serve said %q, %v; want ready on the passed socket", line, err)
+	}
+	if got, err := cgpool(ctx, "submit", "--socket", sock, "--", "sh", "-c", "echo hi").Output(); err != nil || string(got) != "hi\n" {
+		t.Errorf("a task through the passed socket: %q, %v", got, err)
+	}
+	if err := cgpool(ctx, "shutdown", "--socket", sock).Run(); err != nil {
+		t.Errorf("cgpool shutdown: %v", err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("cgpool serve: %v", err)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Errorf("the passed socket is systemd's to remove, but: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "not-used")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("serve made its own socket directory although systemd passed a socket: %v", err)
 	}
 }

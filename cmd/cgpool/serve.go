@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/cgpool/cgpool/ipc"
 	"github.com/cgpool/cgpool/pool"
+	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 )
@@ -91,6 +93,29 @@ func (f *poolFlags) config() (pool.Config, error) {
 	return c, nil
 }
 
+// listen returns the socket systemd passed (socket activation: the unit's
+// .socket file names, makes and owns it) or else makes one at path.
+func listen(path string, opts ipc.ListenOptions, log *slog.Logger) (*ipc.Listener, error) {
+	lns, err := activation.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("sockets passed by systemd: %w", err)
+	}
+	for _, l := range lns {
+		if ul, ok := l.(*net.UnixListener); ok {
+			ln := ipc.Adopt(ul, opts)
+			log.Info("using the socket systemd passed (socket activation); --socket and socket_mode do not apply", "socket", ln.Path())
+			return ln, nil
+		}
+	}
+	if len(lns) > 0 {
+		return nil, fmt.Errorf("systemd passed %d file descriptors and none is a unix stream socket listening (ListenStream=/path in the .socket unit)", len(lns))
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	return ipc.Listen(path, opts)
+}
+
 func defaultSocket() string {
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" && os.Getuid() != 0 {
 		return filepath.Join(d, "cgpool.sock")
@@ -124,7 +149,8 @@ clients (cgpool submit, the Go client, the Python Executor) on a unix socket.
 Pools come from --config (TOML, or JSON if the file name ends in .json; see
 README.md for the keys) or, for one pool, from the flags below. Logs are
 structured (log/slog) on stderr. Under systemd it reports READY=1 once the
-socket listens. SIGINT/SIGTERM shut it down: queued tasks are cancelled,
+socket listens, and with socket activation (a cgpool.socket unit) it serves
+the socket systemd passes instead of making one: see contrib/systemd. SIGINT/SIGTERM shut it down: queued tasks are cancelled,
 running ones get --shutdown-deadline, then everything is killed and every
 cgroup and the socket file are removed.`,
 		Args: cobra.NoArgs,
@@ -223,15 +249,13 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 		}
 		mode = os.FileMode(m)
 	}
-	if err := os.MkdirAll(filepath.Dir(fc.Socket), 0o755); err != nil {
-		_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
-		return err
-	}
-	ln, err := ipc.Listen(fc.Socket, ipc.ListenOptions{Mode: mode, Group: fc.SocketGroup, AllowUIDs: fc.AllowUIDs, AllowGIDs: fc.AllowGIDs, Logger: log})
+	lopts := ipc.ListenOptions{Mode: mode, Group: fc.SocketGroup, AllowUIDs: fc.AllowUIDs, AllowGIDs: fc.AllowGIDs, Logger: log}
+	ln, err := listen(fc.Socket, lopts, log)
 	if err != nil {
 		_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
 		return err
 	}
+	fc.Socket = ln.Path()
 	srv := pool.NewServer(sup, ln, log)
 	log.Info("cgpool serving", "socket", fc.Socket, "cgroup", root.Path(), "pools", sup.Pools(), "controllers", root.Controllers())
 	if ready {
