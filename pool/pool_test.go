@@ -367,19 +367,38 @@ func TestStatistics(t *testing.T) {
 		st.WorkerProcessesStillAlive != 5 || st.WorkerProcessesIdle != 5 || st.WorkerProcessesBusy != 0 {
 		t.Errorf("stats %+v", st)
 	}
-	// Another burst grows back to 10.
+	// Another burst grows back to 10. Its tasks wait at a gate until all
+	// ten run, however long the five new workers take to start.
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := unix.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g, err := os.OpenFile(gate, os.O_RDWR, 0) // a writer from the start: the tasks' opens do not block
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
 	fs = fs[:0]
 	for range 10 {
-		fs = append(fs, submit(t, p, pool.Spec{Payload: []byte("sleep:300")}))
+		fs = append(fs, submit(t, p, pool.Spec{Payload: []byte("gate:" + gate)}))
 	}
 	for _, f := range fs {
-		<-f.running
+		select {
+		case <-f.running:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("not all 10 tasks of the second burst run: %+v", p.Stats())
+		}
 	}
 	if st := p.Stats(); st.WorkerProcessesBusy != 10 {
 		t.Errorf("busy = %d during the second burst, want 10", st.WorkerProcessesBusy)
 	}
+	if _, err := g.Write(make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
 	for _, f := range fs {
-		f.wait(t, 10*time.Second)
+		if o := f.wait(t, 10*time.Second); o.Kind != pool.Result {
+			t.Errorf("second burst: %+v", o)
+		}
 	}
 }
 

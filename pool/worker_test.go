@@ -49,6 +49,7 @@ func TestMain(m *testing.M) {
 //	sleep:MS   sleep, answer "slept"
 //	big:N      answer N bytes
 //	fifo:PATH  block until the test writes to (or closes) the FIFO PATH; answer what it wrote
+//	gate:PATH  block until one byte can be read from the FIFO PATH
 //	fail:MSG   fail with MSG
 //	exit:N     exit the worker with status N mid-task
 //	alloc:MIB  allocate and touch MIB MiB, answer "ok"
@@ -78,6 +79,17 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		// writing: a gate the test opens when it is ready.
 		b, err := os.ReadFile(arg)
 		return b, err
+	case "gate":
+		// Take one byte from the FIFO arg: the test opens the gate for
+		// as many tasks as it writes bytes.
+		f, err := os.Open(arg)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		var b [1]byte
+		_, err = f.Read(b[:])
+		return b[:], err
 	case "fail":
 		return nil, errors.New(arg)
 	case "exit":
