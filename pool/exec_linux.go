@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"context"
 	"io"
 	"maps"
 	"os"
@@ -103,12 +102,7 @@ func (s *slot) runExec(t *Task) {
 	if pop, _ := s.group.Populated(); pop {
 		killed = true
 		n := len(s.procs())
-		_ = s.group.Kill()
-		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
-		if err := s.group.WaitEmpty(ctx); err != nil {
-			p.log.Error("a task's leftovers did not die", "slot", s.group.Path(), "err", err)
-		}
-		cancel()
+		s.emptyGroup()
 		if kill == "" {
 			p.mu.Lock()
 			p.stats.LeftoverProcessesKilled += int64(n)

@@ -667,9 +667,27 @@ func (s *slot) runWorkerTask(t *Task, pre *read) {
 		}
 	}
 	e := waitExit(w.proc, teardownTimeout)
+	// Nothing outlives its task, by the time its outcome is told: what the
+	// worker started (a detached daemon) may still be dying of the kill.
+	s.emptyGroup()
 	o := s.classify(t, base, before, p.killReason(t), e)
 	s.finish(t, o)
 	s.teardown(false)
+}
+
+// emptyGroup kills whatever is still in the slot's group and waits until
+// it is gone (for at most teardownTimeout; a process stuck in the kernel
+// is logged and left to the teardown).
+func (s *slot) emptyGroup() {
+	if pop, err := s.group.Populated(); err != nil || !pop {
+		return
+	}
+	_ = s.group.Kill()
+	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	defer cancel()
+	if err := s.group.WaitEmpty(ctx); err != nil {
+		s.p.log.Error("a task's processes did not die", "slot", s.group.Path(), "err", err)
+	}
 }
 
 // taskHeader is the worker-protocol frame header that starts t.
