@@ -314,14 +314,9 @@ func (c *Client) request(ctx context.Context, h ipc.Header, want string) (ipc.He
 		return ipc.Header{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	p := newPending()
-	c.mu.Lock()
-	if c.err != nil {
-		err := c.err
-		c.mu.Unlock()
+	if err := c.register(func() { c.requests[h.ID] = p }); err != nil {
 		return ipc.Header{}, err
 	}
-	c.requests[h.ID] = p
-	c.mu.Unlock()
 	if err := c.send(&h, nil); err != nil {
 		c.mu.Lock()
 		delete(c.requests, h.ID)
@@ -337,6 +332,18 @@ func (c *Client) request(ctx context.Context, h ipc.Header, want string) (ipc.He
 		return ipc.Header{}, fmt.Errorf("cgpool: %s: %w: answered with %q, want %q", h.Type, ipc.ErrProtocol, r.Type, want)
 	}
 	return r, err
+}
+
+// register runs add under c.mu, unless the connection is gone: then it
+// returns why.
+func (c *Client) register(add func()) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return c.err
+	}
+	add()
+	return nil
 }
 
 // awaitReply waits for p's reply (see await) and turns an error frame into
@@ -365,14 +372,9 @@ func (c *Client) awaitReply(ctx context.Context, p *pending, what string, abando
 func (c *Client) cancel(ctx context.Context, id uint64, mode string) (ipc.Header, error) {
 	h := ipc.Header{Type: ipc.TypeCancel, ID: id, Mode: mode}
 	p := newPending()
-	c.mu.Lock()
-	if c.err != nil {
-		err := c.err
-		c.mu.Unlock()
+	if err := c.register(func() { c.cancels[id] = append(c.cancels[id], p) }); err != nil {
 		return ipc.Header{}, err
 	}
-	c.cancels[id] = append(c.cancels[id], p)
-	c.mu.Unlock()
 	if err := c.send(&h, nil); err != nil {
 		c.mu.Lock()
 		if q := c.cancels[id]; q != nil {

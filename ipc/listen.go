@@ -197,12 +197,18 @@ func Listen(path string, opts ListenOptions) (*Listener, error) {
 	ul := nl.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false) // Close decides, by device and inode
 
+	l := newListener(ul, path, opts)
+	l.dev, l.ino = uint64(st.Dev), uint64(st.Ino)
+	return l, nil
+}
+
+// newListener is a Listener on ul with opts' peer checks; the socket file
+// is not its own until the caller sets dev and ino.
+func newListener(ul *net.UnixListener, path string, opts ListenOptions) *Listener {
 	l := &Listener{
 		ln:   ul,
 		path: path,
-		dev:  uint64(st.Dev),
-		ino:  uint64(st.Ino),
-		self: self,
+		self: uint32(os.Geteuid()),
 		uids: slices.Clone(opts.AllowUIDs),
 		gids: slices.Clone(opts.AllowGIDs),
 		log:  opts.Logger,
@@ -213,7 +219,7 @@ func Listen(path string, opts ListenOptions) (*Listener, error) {
 	if l.log == nil {
 		l.log = slog.Default()
 	}
-	return l, nil
+	return l
 }
 
 // Adopt wraps a listening unix socket that someone else made and owns,
@@ -228,21 +234,7 @@ func Adopt(ul *net.UnixListener, opts ListenOptions) *Listener {
 	if a, ok := ul.Addr().(*net.UnixAddr); ok {
 		path = a.Name
 	}
-	l := &Listener{
-		ln:   ul,
-		path: path, // dev and ino stay 0: Close finds no file of its own to remove
-		self: uint32(os.Geteuid()),
-		uids: slices.Clone(opts.AllowUIDs),
-		gids: slices.Clone(opts.AllowGIDs),
-		log:  opts.Logger,
-	}
-	if opts.Group > 0 {
-		l.gids = append(l.gids, uint32(opts.Group))
-	}
-	if l.log == nil {
-		l.log = slog.Default()
-	}
-	return l
+	return newListener(ul, path, opts) // dev and ino stay 0: Close removes no file
 }
 
 // checkDir returns why dir (whose stat is st) is unsafe, or "".

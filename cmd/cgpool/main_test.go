@@ -58,26 +58,10 @@ func requireCgroups(t *testing.T) {
 func startServe(t *testing.T, args ...string) string {
 	t.Helper()
 	requireCgroups(t)
-	dir, err := os.MkdirTemp("", "cgpool-cli")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "cgpool.sock")
+	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "cgpool.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	cmd := cgpool(ctx, append([]string{"serve", "--socket", sock, "--ready", "-j", "2", "--log-level", "warn"}, args...)...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || line != "ready "+sock+"\n" {
-		t.Fatalf("serve said %q, %v", line, err)
-	}
+	startReady(t, cmd, sock)
 	t.Cleanup(func() {
 		defer cancel()
 		if err := cgpool(ctx, "shutdown", "--socket", sock).Run(); err != nil {
@@ -91,6 +75,36 @@ func startServe(t *testing.T, args ...string) string {
 		}
 	})
 	return sock
+}
+
+// shortTempDir makes a private directory with a short path (a socket path
+// must fit in 108 bytes, which t.TempDir's may not), removed when the test
+// ends.
+func shortTempDir(t *testing.T, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// startReady starts a "serve --ready" command and waits for it to say it
+// serves sock.
+func startReady(t *testing.T, cmd *exec.Cmd, sock string) {
+	t.Helper()
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready "+sock+"\n" {
+		t.Fatalf("serve said %q, %v; want ready on %s", line, err, sock)
+	}
 }
 
 // TestSubmitExitCodes: acceptance 13 (the OOM code in the VM).
@@ -221,20 +235,9 @@ func TestStaleRootSwept(t *testing.T) {
 	requireCgroups(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("", "cgpool-cli")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "s.sock")
-	cmd := cgpool(ctx, "serve", "--socket", sock, "--ready", "-j", "1")
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
+	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "s.sock")
+	cmd := cgpool(ctx, "serve", "--socket", sock, "--ready", "-j", "1", "--log-level", "warn")
+	startReady(t, cmd, sock)
 	m, err := cgroup.FindMount()
 	if err != nil {
 		t.Fatal(err)
@@ -267,11 +270,7 @@ func TestStaleRootSwept(t *testing.T) {
 // exit: the file is systemd's.
 func TestServeSocketActivation(t *testing.T) {
 	requireCgroups(t)
-	dir, err := os.MkdirTemp("", "cgpool-act")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := shortTempDir(t, "cgpool-act")
 	sock := filepath.Join(dir, "activated.sock")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -293,17 +292,8 @@ func TestServeSocketActivation(t *testing.T) {
 		exe, filepath.Join(dir, "not-used", "cgpool.sock"))
 	cmd.Env = append(os.Environ(), "CGPOOL_TEST_MAIN=1")
 	cmd.ExtraFiles = []*os.File{f}
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready "+sock+"\n" {
-		t.Fatalf("serve said %q, %v; want ready on the passed socket", line, err)
-	}
+	startReady(t, cmd, sock) // on the passed socket, not --socket's
+
 	if got, err := cgpool(ctx, "submit", "--socket", sock, "--", "sh", "-c", "echo hi").Output(); err != nil || string(got) != "hi\n" {
 		t.Errorf("a task through the passed socket: %q, %v", got, err)
 	}
