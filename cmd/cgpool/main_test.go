@@ -23,6 +23,10 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
+	if path := os.Getenv("CGPOOL_TEST_RELAY"); path != "" {
+		relayMain(path) // see BenchmarkDaemonRoundTrip
+		os.Exit(0)
+	}
 	kerneltest.Main(m)
 }
 
@@ -48,14 +52,14 @@ func exitStatus(t *testing.T, err error) int {
 }
 
 // requireCgroups skips (fails in the VM) where cgpool cannot make cgroups.
-func requireCgroups(t *testing.T) {
+func requireCgroups(t testing.TB) {
 	t.Helper()
 	kerneltest.NewRoot(t) // skips with the reason if no writable cgroup v2
 }
 
 // startServe starts "cgpool serve" and returns its socket; it is shut
 // down and must leave no socket behind.
-func startServe(t *testing.T, args ...string) string {
+func startServe(t testing.TB, args ...string) string {
 	t.Helper()
 	requireCgroups(t)
 	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "cgpool.sock")
@@ -80,7 +84,7 @@ func startServe(t *testing.T, args ...string) string {
 // shortTempDir makes a private directory with a short path (a socket path
 // must fit in 108 bytes, which t.TempDir's may not), removed when the test
 // ends.
-func shortTempDir(t *testing.T, prefix string) string {
+func shortTempDir(t testing.TB, prefix string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
@@ -92,7 +96,7 @@ func shortTempDir(t *testing.T, prefix string) string {
 
 // startReady starts a "serve --ready" command and waits for it to say it
 // serves sock.
-func startReady(t *testing.T, cmd *exec.Cmd, sock string) {
+func startReady(t testing.TB, cmd *exec.Cmd, sock string) {
 	t.Helper()
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
