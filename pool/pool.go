@@ -199,14 +199,14 @@ func (p *Pool) startInlineLocked(t *Task) func() {
 		return nil
 	}
 	s := p.idle[len(p.idle)-1]
-	if !s.sockWait || s.gen < p.recycleGen || (s.tasksDone == 0 && !maps.Equal(s.envVars, p.env)) || s.waitW.exited() {
+	if s.waitW == nil || s.gen < p.recycleGen || s.envOutdatedLocked() || s.waitW.exited() {
 		return nil
 	}
 	w := s.waitW
 	p.queue.Pop()
 	p.idle = p.idle[:len(p.idle)-1]
 	s.takeLocked(t)
-	s.sockWait, s.waitW = false, nil // no wake-up may cut into the answer now
+	s.waitW = nil // no wake-up may cut into the answer now
 	w.nc.SetReadDeadline(time.Time{})
 	t.stop = p.armTimeout(t)
 	pid, leaf := w.pid(), s.leafPath

@@ -32,8 +32,7 @@ type slot struct {
 
 	// Guarded by p.mu.
 	state     string      // starting, idle, busy, retiring
-	sockWait  bool        // idle, waiting on its worker's socket (wake with wakeLocked)
-	waitW     *workerProc // the worker it waits on, while sockWait
+	waitW     *workerProc // set while idle and waiting on this worker's socket (wake with wakeLocked)
 	task      *Task
 	alive     bool
 	pid       int
@@ -232,7 +231,7 @@ func (s *slot) setup() error {
 		go func() {
 			<-w.proc.Done()
 			p.mu.Lock()
-			if s.sockWait && s.waitW == w {
+			if s.waitW == w {
 				s.wakeLocked()
 			}
 			p.mu.Unlock()
@@ -382,7 +381,7 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 			p.stats.WorkersRetired++
 			return nil, true, nil
 		}
-		if p.cfg.Kind == KindWorker && s.tasksDone == 0 && p.queue.Len() > 0 && !maps.Equal(s.envVars, p.env) {
+		if p.cfg.Kind == KindWorker && p.queue.Len() > 0 && s.envOutdatedLocked() {
 			// A worker that has not run a task yet starts, as far as any
 			// task can tell, with its first one: give it the environment
 			// current now, not the one of when it was prepared (as
@@ -449,12 +448,12 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 func (s *slot) waitOnWorkerLocked(idleAt time.Time) (t *Task, restart bool, pre *read, retire bool) {
 	p := s.p
 	s.w.nc.SetReadDeadline(idleAt)
-	s.sockWait, s.waitW = true, s.w
+	s.waitW = s.w
 	p.mu.Unlock()
 	var r read
 	r.m.h, r.m.payload, r.err = s.w.conn.Read()
 	p.mu.Lock()
-	s.sockWait, s.waitW = false, nil
+	s.waitW = nil
 	if i := slices.Index(p.idle, s); i >= 0 {
 		p.idle = slices.Delete(p.idle, i, i+1)
 	}
@@ -477,6 +476,13 @@ func (s *slot) waitOnWorkerLocked(idleAt time.Time) (t *Task, restart bool, pre 
 		return nil, true, nil, false
 	}
 	return nil, false, nil, false
+}
+
+// envOutdatedLocked reports whether the slot's worker has not run a task
+// yet and was started with an environment the pool has changed since: it
+// is replaced before its first task (see next).
+func (s *slot) envOutdatedLocked() bool {
+	return s.tasksDone == 0 && !maps.Equal(s.envVars, s.p.env)
 }
 
 // retireIdleLocked retires the slot after its idle delay if it is above
@@ -511,9 +517,9 @@ func (s *slot) takeLocked(t *Task) {
 // wakeLocked ends an idle slot's wait, so that it looks at the pool again.
 // Every wake-up of a slot that waits on its worker's socket happens here,
 // under p.mu, and only while it waits: a task given to the slot meanwhile
-// (startInlineLocked clears sockWait) is never cut short by one.
+// (startInlineLocked clears waitW) is never cut short by one.
 func (s *slot) wakeLocked() {
-	if s.sockWait {
+	if s.waitW != nil {
 		s.waitW.nc.SetReadDeadline(time.Unix(1, 0)) // in the past: the pending read returns
 		return
 	}
