@@ -1,11 +1,16 @@
 package pool
 
 import (
+	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"slices"
 	"sync"
+	"syscall"
 
 	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/spawn"
@@ -34,6 +39,28 @@ func (c *capture) fill(r io.Reader, limit int64, wg *sync.WaitGroup) {
 			return
 		}
 	}
+}
+
+// startFailure is the outcome of a command that could not be started:
+// not found (127) or not executable (126), as a shell reports them, or
+// crashed for any other failure to start.
+func startFailure(prog string, err error, leaf string) *Outcome {
+	o := &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 126, Leaf: leaf,
+		Message: fmt.Sprintf("could not start %s: %v", prog, err)}
+	switch {
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+		o.Reason, o.ExitCode = NotFound, 127
+		o.Message = prog + ": command not found"
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOEXEC), errors.Is(err, syscall.EISDIR):
+		var errno syscall.Errno
+		why := "permission denied"
+		if errors.As(err, &errno) {
+			why = errno.Error()
+		}
+		o.Reason = NotExecutable
+		o.Message = fmt.Sprintf("%s: cannot be executed (%s)", prog, why)
+	}
+	return o
 }
 
 // runExec runs one command in the slot's leaf and reports its exit status
@@ -73,14 +100,43 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
 		return
 	}
-	proc, err := spawn.Start(spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.credential()})
+	var stdin, feed *os.File // the command's end and ours
+	if t.spec.Stdin != nil {
+		if stdin, feed, err = os.Pipe(); err != nil {
+			ro.Close()
+			re.Close()
+			wo.Close()
+			we.Close()
+			s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
+			return
+		}
+	}
+	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.credential()}
+	if stdin != nil {
+		opts.Stdin = stdin
+	}
+	proc, err := spawn.Start(opts)
 	wo.Close()
 	we.Close()
+	if stdin != nil {
+		stdin.Close()
+	}
 	if err != nil {
 		ro.Close()
 		re.Close()
-		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: err.Error(), Leaf: s.leafPath})
+		if feed != nil {
+			feed.Close()
+		}
+		s.finish(t, startFailure(t.spec.Argv[0], err, s.leafPath))
 		return
+	}
+	if feed != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = feed.Write(t.spec.Stdin) // EPIPE: the command did not read it all
+			feed.Close()
+		}()
 	}
 	wg.Add(2)
 	go out.fill(ro, p.cfg.OutputLimit, &wg)

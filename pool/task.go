@@ -12,6 +12,10 @@ type Spec struct {
 	Payload []byte            // worker pools: the task's input
 	Argv    []string          // exec pools: the command
 	Env     map[string]string // additions, seen by this task only
+	// Stdin is an exec command's standard input (nil: /dev/null). The
+	// pool writes it from a goroutine of its own and closes the pipe
+	// after it, or when the command has ended.
+	Stdin []byte
 
 	Priority     int           // >= 0; lower runs first
 	Timeout      time.Duration // from the start on a worker; 0 = the pool's default (none if 0)
@@ -24,6 +28,14 @@ type Spec struct {
 	// ends) instead of refusing with ErrQueueFull.
 	Hold bool
 }
+
+// Reasons of a ProcessError for an exec command that could not be
+// started, with the exit status a shell gives for the same (bash(1),
+// EXIT STATUS).
+const (
+	NotFound      oomwatch.Reason = "not_found"      // no such program (exit status 127)
+	NotExecutable oomwatch.Reason = "not_executable" // found, but it cannot be executed (126)
+)
 
 // OutcomeKind is the kind of a task's one terminal outcome.
 type OutcomeKind string

@@ -22,11 +22,15 @@ import (
 const (
 	exitFailure   = 1   // cgpool itself failed
 	exitUsage     = 2   // bad flags or configuration
-	exitCancelled = 120 // cancelled, queue timeout, or rejected
+	exitCancelled = 120 // cancelled, queue timeout, or refused (as asked, the pool cannot run it)
 	exitTimeout   = 124 // the task timed out (as timeout(1))
 	exitOOM       = 125 // the task was killed by the OOM killer at memory.max
-	exitCrashed   = 126 // a worker exited mid-task on its own
-	exitSignal    = 128 // + N: killed by signal N that cgpool did not send
+	// exitNotExecutable and exitNotFound are a shell's: the command was
+	// found but cannot be executed (or could not be started at all), or
+	// it was not found.
+	exitNotExecutable = 126
+	exitNotFound      = 127
+	exitSignal        = 128 // + N: killed by signal N that cgpool did not send; 130 SIGINT, 143 SIGTERM
 )
 
 // exitError carries an exit status out of a command.

@@ -194,7 +194,7 @@ func TestRunTemplate(t *testing.T) {
 			t.Errorf("stdout %q lacks %q", so.String(), want)
 		}
 	}
-	if !strings.Contains(se.String(), "4 commands: 3 succeeded, 1 failed (exit 7 1)") {
+	if !strings.Contains(se.String(), "cgpool: 4 commands: 3 succeeded, 1 failed (exit 7: 1)\n") {
 		t.Errorf("summary missing from stderr %q", se.String())
 	}
 }
@@ -260,7 +260,7 @@ func TestStaleRootSwept(t *testing.T) {
 	if _, err := os.Stat(stale); err != nil {
 		t.Fatalf("the killed supervisor's root is already gone (%v); nothing to test", err)
 	}
-	if out, err := cgpool(ctx, "run", "--", "true").CombinedOutput(); err != nil {
+	if out, err := cgpool(ctx, "run", "--once", "--", "true").CombinedOutput(); err != nil {
 		t.Fatalf("cgpool run: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cgpool/cgpool/client"
+	"github.com/cgpool/cgpool/ipc"
 	"github.com/spf13/cobra"
 )
 
@@ -122,8 +123,10 @@ func submitExit(res *client.Result, err error) error {
 		code = exitOOM
 	case errors.As(err, &pe) && pe.Reason == "killed":
 		code = exitSignal + pe.Signal
+	case errors.As(err, &pe) && pe.Reason == ipc.ProcessNotFound:
+		code = exitNotFound
 	case errors.As(err, &pe):
-		code = exitCrashed
+		code = exitNotExecutable
 	case errors.As(err, &ce), errors.As(err, &qe), errors.As(err, &re), errors.Is(err, client.ErrInvalid):
 		code = exitCancelled
 	}
