@@ -215,6 +215,7 @@ func (c *Client) Submit(ctx context.Context, t Task) (*Future, error) {
 		MemoryMax:      t.MemoryMax,
 		Env:            t.Env,
 		Argv:           t.Argv,
+		Cwd:            t.Dir,
 		Hold:           t.Hold,
 	}
 	if err := h.ValidateRequest(); err != nil {

@@ -21,6 +21,11 @@ type Task struct {
 	// in worker pools). A non-empty Argv also makes the [Result] carry
 	// Stdout and Stderr.
 	Argv []string
+	// Dir is the working directory of an exec pool's command: an absolute
+	// path as the supervisor sees the file system; "" means the
+	// supervisor's own. The command runs there as the user the pool runs
+	// it as, who needs permission to enter it.
+	Dir string
 	// Env adds environment variables for this task only. Names must be
 	// non-empty and contain neither '=' nor NUL.
 	Env map[string]string

@@ -145,6 +145,10 @@ type Header struct {
 	Env map[string]string `json:"env,omitempty"`
 	// Argv is the command line for exec pools (submit).
 	Argv []string `json:"argv,omitempty"`
+	// Cwd is the working directory of an exec pool's command: an absolute
+	// path, "" for the daemon's own (submit). The command runs there as
+	// the user the pool runs it as, who needs search permission on it.
+	Cwd string `json:"cwd,omitempty"`
 	// Hold asks the server to delay acceptance while the backlog is full
 	// instead of rejecting with queue_full (submit).
 	Hold bool `json:"hold,omitempty"`
@@ -232,6 +236,9 @@ func IsFinal(t string) bool {
 	return false
 }
 
+// MaxCwd bounds a submit's cwd (Linux's PATH_MAX).
+const MaxCwd = 4096
+
 // ValidateRequest checks the structural rules of a client→server request
 // header (submit, cancel, stats, status, set_env, recycle, shutdown): id
 // present, numeric fields non-negative, cancel mode known, environment
@@ -270,6 +277,15 @@ func (h *Header) ValidateRequest() error {
 			if strings.IndexByte(a, 0) >= 0 {
 				return bad("argv[%d] contains a NUL byte", i)
 			}
+		}
+		switch {
+		case h.Cwd == "":
+		case !strings.HasPrefix(h.Cwd, "/"):
+			return bad("cwd %q is not an absolute path", h.Cwd)
+		case strings.IndexByte(h.Cwd, 0) >= 0:
+			return bad("cwd contains a NUL byte")
+		case len(h.Cwd) > MaxCwd:
+			return bad("cwd is %d bytes, more than %d", len(h.Cwd), MaxCwd)
 		}
 	case TypeCancel:
 		if h.Mode != "" && h.Mode != CancelSoft && h.Mode != CancelHard {

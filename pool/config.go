@@ -130,3 +130,10 @@ func (c Config) normalize() (Config, error) {
 	}
 	return c, nil
 }
+
+// Validate checks the settings as NewSupervisor does, without making
+// anything: the error names the pool and the setting.
+func (c Config) Validate() error {
+	_, err := c.normalize()
+	return err
+}

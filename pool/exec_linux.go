@@ -44,7 +44,7 @@ func (c *capture) fill(r io.Reader, limit int64, wg *sync.WaitGroup) {
 // startFailure is the outcome of a command that could not be started:
 // not found (127) or not executable (126), as a shell reports them, or
 // crashed for any other failure to start.
-func startFailure(prog string, err error, leaf string) *Outcome {
+func startFailure(prog, dir string, err error, leaf string) *Outcome {
 	o := &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 126, Leaf: leaf,
 		Message: fmt.Sprintf("could not start %s: %v", prog, err)}
 	switch {
@@ -59,6 +59,11 @@ func startFailure(prog string, err error, leaf string) *Outcome {
 		}
 		o.Reason = NotExecutable
 		o.Message = fmt.Sprintf("%s: cannot be executed (%s)", prog, why)
+		if dir != "" && errors.Is(err, fs.ErrPermission) {
+			// The kernel says EACCES for the directory and for the program
+			// alike: name both.
+			o.Message = fmt.Sprintf("%s: cannot be executed in %s (permission denied: the program, or the directory, for the user the task runs as)", prog, dir)
+		}
 	}
 	return o
 }
@@ -111,7 +116,7 @@ func (s *slot) runExec(t *Task) {
 			return
 		}
 	}
-	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.credential()}
+	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Dir: t.spec.Dir, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.credential()}
 	if stdin != nil {
 		opts.Stdin = stdin
 	}
@@ -127,7 +132,7 @@ func (s *slot) runExec(t *Task) {
 		if feed != nil {
 			feed.Close()
 		}
-		s.finish(t, startFailure(t.spec.Argv[0], err, s.leafPath))
+		s.finish(t, startFailure(t.spec.Argv[0], t.spec.Dir, err, s.leafPath))
 		return
 	}
 	if feed != nil {

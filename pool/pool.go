@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -239,6 +241,16 @@ func (p *Pool) validate(s *Spec) error {
 		return errInvalid("pool %s runs commands: the task needs an argv", p.cfg.Name)
 	case p.cfg.Kind == KindWorker && len(s.Argv) != 0:
 		return errInvalid("pool %s runs a worker program: a task carries a payload, not an argv", p.cfg.Name)
+	case p.cfg.Kind == KindWorker && s.Dir != "":
+		return errInvalid("pool %s runs a worker program: a task has no working directory of its own", p.cfg.Name)
+	}
+	if s.Dir != "" {
+		if !filepath.IsAbs(s.Dir) {
+			return errInvalid("working directory %q is not an absolute path", s.Dir)
+		}
+		if st, err := os.Stat(s.Dir); err != nil || !st.IsDir() {
+			return errInvalid("working directory %s: not a directory the supervisor can see (it may run in a mount namespace of its own, as a systemd service with PrivateTmp= does)", s.Dir)
+		}
 	}
 	if s.MemoryMax > 0 {
 		if !slices.Contains(p.ctrl, "memory") {
@@ -468,6 +480,7 @@ func (p *Pool) Stats() Stats {
 // Status returns each worker slot's state.
 func (p *Pool) Status() Status {
 	p.mu.Lock()
+	env := maps.Clone(p.env)
 	slots := slices.Collect(maps.Keys(p.slots))
 	ws := make([]WorkerStatus, 0, len(slots))
 	groups := make([]*cgroup.Group, 0, len(slots))
@@ -488,7 +501,7 @@ func (p *Pool) Status() Status {
 		ws[i].MemoryPeak, _ = g.MemoryPeak()
 	}
 	slices.SortFunc(ws, func(a, b WorkerStatus) int { return cmpSlot(a.Slot, b.Slot) })
-	return Status{Pool: p.cfg.Name, Kind: p.cfg.Kind, Workers: ws}
+	return Status{Pool: p.cfg.Name, Kind: p.cfg.Kind, Workers: ws, Env: env}
 }
 
 func cmpSlot(a, b string) int {

@@ -362,7 +362,7 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 	sc.pools[p] = true
 	sc.mu.Unlock()
 	spec := Spec{
-		Payload: payload, Argv: h.Argv, Env: h.Env, Priority: h.Priority,
+		Payload: payload, Argv: h.Argv, Dir: h.Cwd, Env: h.Env, Priority: h.Priority,
 		Timeout: time.Duration(h.TimeoutMS) * time.Millisecond, QueueTimeout: time.Duration(h.QueueTimeoutMS) * time.Millisecond,
 		MemoryMax: h.MemoryMax, Client: sc.client, Hold: h.Hold,
 	}

@@ -12,6 +12,11 @@ type Spec struct {
 	Payload []byte            // worker pools: the task's input
 	Argv    []string          // exec pools: the command
 	Env     map[string]string // additions, seen by this task only
+	// Dir is an exec command's working directory, absolute; "" is the
+	// supervisor's. The command enters it as the user it runs as (Go's
+	// os/exec changes directory after the credential is set), so the
+	// kernel checks that user's access.
+	Dir string
 	// Stdin is an exec command's standard input (nil: /dev/null). The
 	// pool writes it from a goroutine of its own and closes the pipe
 	// after it, or when the command has ended.

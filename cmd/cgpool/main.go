@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -55,9 +56,11 @@ propagation. An OOM kill is told apart from any other death (memory.events), a
 timeout kills the task's whole cgroup (cgroup.kill), and nothing a task starts
 outlives it. Needs Linux 5.14+ with cgroup v2 and a delegated cgroup (systemd
 Delegate=yes, or root).`,
+		Version:       version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("cgpool {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
 	root.AddCommand(serveCmd(), runCmd(), demoCmd(), submitCmd(), statsCmd(), psCmd(), envCmd(), recycleCmd(), shutdownCmd(), echoWorkerCmd())
 	return root
@@ -71,13 +74,51 @@ func main() {
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
 	default:
-		fmt.Fprintln(os.Stderr, "cgpool:", err)
+		fmt.Fprintln(os.Stderr, "cgpool:", message(err))
 		var ue *usageError
-		if errors.As(err, &ue) || isCobraUsage(err) {
+		var re refusedErr
+		switch {
+		case errors.As(err, &ue) || isCobraUsage(err):
 			os.Exit(exitUsage)
+		case errors.As(err, &re):
+			os.Exit(exitCancelled)
 		}
 		os.Exit(exitFailure)
 	}
+}
+
+// message is err's text without the "cgpool: " that the client and ipc
+// packages start their errors with: main says "cgpool:" once.
+func message(err error) string {
+	m := strings.TrimPrefix(err.Error(), "cgpool: ")
+	return strings.ReplaceAll(m, ": cgpool: ", ": ")
+}
+
+// version is the module's version, or the VCS revision it was built from.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown version)"
+	}
+	v := bi.Main.Version
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if (v == "" || v == "(devel)") && rev != "" {
+		v = "devel " + rev[:min(12, len(rev))] + dirty
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	return v + " (" + bi.GoVersion + ")"
 }
 
 // isCobraUsage tells cobra's own argument errors (flag errors are wrapped

@@ -140,7 +140,7 @@ func TestSubmitExitCodes(t *testing.T) {
 	if err := cmd.Run(); err != nil || so.String() != "out\n" || se.String() != "err\n" {
 		t.Errorf("relay: stdout %q stderr %q err %v", so.String(), se.String(), err)
 	}
-	out, err := cgpool(ctx, "stats", "--socket", sock).Output()
+	out, err := cgpool(ctx, "stats", "--json", "--socket", sock).Output()
 	if err != nil || !strings.Contains(string(out), `"tasks_received": 5`) {
 		t.Errorf("cgpool stats: %v\n%s", err, out)
 	}
@@ -157,7 +157,7 @@ func TestSubmitExitCodes(t *testing.T) {
 	if out, err := cmd.Output(); err != nil || string(out) != "hi\n" {
 		t.Errorf("after cgpool env + recycle, the task printed %q (%v), want hi", out, err)
 	}
-	if out, err := cgpool(ctx, "submit", "--socket", sock, "--priority", "-1", "--", "true").CombinedOutput(); exitStatus(t, err) != exitCancelled {
+	if out, err := cgpool(ctx, "submit", "--socket", sock, "--priority", "-1", "--", "true").CombinedOutput(); exitStatus(t, err) != exitUsage {
 		t.Errorf("negative priority: %v\n%s", err, out)
 	}
 }
