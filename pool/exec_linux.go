@@ -41,6 +41,9 @@ func (c *capture) fill(r io.Reader, limit int64, wg *sync.WaitGroup) {
 // before the slot takes another task.
 func (s *slot) runExec(t *Task) {
 	p := s.p
+	if testHookRunTask != nil {
+		testHookRunTask(t)
+	}
 	before := s.baseline
 	restore := s.taskMemory(t)
 	defer restore()
