@@ -62,6 +62,7 @@ const (
 	ProcessOOM     = "oom"     // the cgroup's memory limit was hit
 	ProcessKilled  = "killed"  // killed by a signal not sent by cgpool for a timeout/cancel
 	ProcessCrashed = "crashed" // exited or died without reporting a result
+	ProcessLost    = "lost"    // the supervisor lost the task to an internal error; it may have run in part
 	// ProcessNotFound and ProcessNotExecutable: an exec pool's command
 	// could not be started because there is no such program (a shell's
 	// exit status 127), or it cannot be executed (126).

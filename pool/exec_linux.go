@@ -73,6 +73,9 @@ func startFailure(prog, dir string, err error, leaf string) *Outcome {
 // before the slot takes another task.
 func (s *slot) runExec(t *Task) {
 	p := s.p
+	if testHookRunTask != nil {
+		testHookRunTask(t)
+	}
 	before := s.baseline
 	restore := s.taskMemory(t)
 	defer restore()

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,6 +51,7 @@ func (s *slot) run() {
 	p := s.p
 	defer p.wg.Done()
 	defer s.exit()
+	defer s.recoverPanic()
 	for {
 		if s.group == nil {
 			if !s.start() {
@@ -530,7 +532,9 @@ func (s *slot) wakeLocked() {
 }
 
 // exit ends the slot goroutine: the worker is asked to exit, the slot's
-// group is destroyed and the slot forgotten.
+// group is destroyed and the slot forgotten. A pool that is not stopping
+// starts what the queue and MinWorkers still need (a slot that exits
+// after a panic is replaced so).
 func (s *slot) exit() {
 	s.teardown(true)
 	p := s.p
@@ -539,8 +543,52 @@ func (s *slot) exit() {
 	if i := slices.Index(p.idle, s); i >= 0 {
 		p.idle = slices.Delete(p.idle, i, i+1)
 	}
+	if !p.stopping {
+		for len(p.slots) < *p.cfg.MinWorkers {
+			p.startSlotLocked()
+		}
+		p.dispatchLocked()
+	}
 	p.mu.Unlock()
 }
+
+// recoverPanic keeps a bug in one slot's goroutine from taking the
+// supervisor, and every other pool and task, down with it: the panic is
+// logged with its stack and counted, the slot's task (if one runs) ends
+// with a process error of reason lost, and the slot is torn down (exit,
+// deferred before this) and replaced.
+func (s *slot) recoverPanic() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	p := s.p
+	p.log.Error("a worker slot's goroutine panicked: its task is reported lost, the slot is torn down and replaced; this is a bug in cgpool",
+		"slot", s.name, "panic", v, "stack", string(debug.Stack()))
+	p.mu.Lock()
+	p.stats.SlotPanics++
+	t := s.task
+	s.task = nil
+	var o *Outcome
+	if t != nil && t.state == running {
+		t.state = done
+		delete(p.byID, t.id)
+		o = &Outcome{Kind: ProcessError, Reason: ReasonLost, Pid: s.pid, Leaf: s.leafPath, ExitCode: -1,
+			Message: fmt.Sprintf("the supervisor lost this task to an internal error (%v); it may have run in part", v)}
+		p.countLocked(o)
+	}
+	p.mu.Unlock()
+	if o != nil {
+		if t.stop != nil {
+			t.stop()
+		}
+		t.notify(Event{Outcome: o})
+	}
+}
+
+// testHookRunTask, when set (by tests only), is called by a slot goroutine
+// as it starts each task.
+var testHookRunTask func(*Task)
 
 // teardown stops the worker (gracefully if asked and possible) and
 // destroys the slot's group: nothing that ran in it survives.
@@ -569,20 +617,29 @@ func (s *slot) finish(t *Task, o *Outcome) {
 }
 
 // taskMemory applies a task's own memory limit to the slot and returns
-// the function that restores the pool's.
-func (s *slot) taskMemory(t *Task) func() {
+// the function that restores the pool's. The restore is for a slot that
+// keeps its group after the task; a slot torn down meanwhile (a timeout,
+// an OOM kill, a crash, a retirement) has no group left to restore, and
+// the restore does nothing.
+func (s *slot) taskMemory(t *Task) (restore func()) {
 	if t.spec.MemoryMax <= 0 {
 		return func() {}
 	}
-	if err := s.group.WriteFile("memory.max", strconv.FormatInt(t.spec.MemoryMax, 10)); err != nil {
+	g := s.group
+	if err := g.WriteFile("memory.max", strconv.FormatInt(t.spec.MemoryMax, 10)); err != nil {
 		s.p.log.Error("could not set a task's memory limit", "err", err)
 	}
 	return func() {
+		if s.group != g {
+			return // torn down: the group went with the task
+		}
 		v := "max"
 		if s.p.cfg.MemoryMax > 0 {
 			v = strconv.FormatInt(s.p.cfg.MemoryMax, 10)
 		}
-		_ = s.group.WriteFile("memory.max", v)
+		if err := g.WriteFile("memory.max", v); err != nil {
+			s.p.log.Error("could not restore the pool's memory limit on a slot", "slot", g.Path(), "err", err)
+		}
 	}
 }
 
@@ -607,6 +664,9 @@ func waitExit(proc *spawn.Process, d time.Duration) spawn.Exit {
 // read ends.
 func (s *slot) runWorkerTask(t *Task, pre *read) {
 	p := s.p
+	if testHookRunTask != nil {
+		testHookRunTask(t)
+	}
 	w := s.w
 	pid := w.pid()
 	before := s.baseline

@@ -25,8 +25,11 @@ type Stats struct {
 	WorkersTrimmed          int64            `json:"workers_trimmed"`
 	InitializerFailures     int64            `json:"initializer_failures"`
 	WorkerStartFailures     int64            `json:"worker_start_failures"`
-	MaxWorkers              int              `json:"max_workers"`
-	MinWorkers              int              `json:"min_workers"`
+	// SlotPanics counts internal errors that a slot survived by being
+	// replaced (each is a bug in cgpool, logged with its stack).
+	SlotPanics int64 `json:"slot_panics"`
+	MaxWorkers int   `json:"max_workers"`
+	MinWorkers int   `json:"min_workers"`
 }
 
 // WorkerStatus is one worker slot as `cgpool ps` shows it.

@@ -54,6 +54,11 @@ const (
 	QueueTimeout OutcomeKind = "queue_timeout"
 )
 
+// ReasonLost is the process-error reason of a task that the supervisor
+// lost track of through an internal error (a panic in its slot's
+// goroutine): it may have run in part. oomwatch's reasons are the others.
+const ReasonLost oomwatch.Reason = "lost"
+
 // Outcome is how a task ended. Exactly one is delivered per accepted task.
 type Outcome struct {
 	Kind OutcomeKind

@@ -8,12 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/worker"
 )
@@ -95,6 +97,17 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 	case "exit":
 		n, _ := strconv.Atoi(arg)
 		os.Exit(n)
+	case "memmax": // the memory.max of the slot this worker runs in
+		self, err := cgroup.SelfPath()
+		if err != nil {
+			return nil, err
+		}
+		m, err := cgroup.FindMount()
+		if err != nil {
+			return nil, err
+		}
+		v, err := os.ReadFile(filepath.Join(m.HostPath(self), "..", "memory.max"))
+		return bytes.TrimSpace(v), err
 	case "alloc":
 		mib, _ := strconv.Atoi(arg)
 		var keep [][]byte
