@@ -776,6 +776,9 @@ func (p *Pool) killTaskLocked(t *Task, why oomwatch.Reason) {
 		return
 	}
 	t.killReason = why
+	if t.killed != nil {
+		close(t.killed)
+	}
 	if err := t.slot.group.Kill(); err != nil {
 		p.log.Error("cgroup.kill failed", "slot", t.slot.group.Path(), "err", err)
 	}

@@ -17,6 +17,16 @@ type Spec struct {
 	// os/exec changes directory after the credential is set), so the
 	// kernel checks that user's access.
 	Dir string
+	// Output, when set (exec pools), takes the command's stdout and stderr
+	// as they are read, instead of the outcome's bounded Stdout and
+	// Stderr: nothing is cut, and nothing piles up in the supervisor.
+	Output OutputFunc
+	// MaxOutput bounds an exec command's stdout and stderr together, in
+	// bytes: a command that writes more is killed, its outcome a
+	// ProcessError with reason OutputLimit (exactly MaxOutput bytes are
+	// delivered). 0: no bound with Output; without Output, each stream is
+	// cut at the pool's OutputLimit and flagged as truncated.
+	MaxOutput int64
 	// Stdin is an exec command's standard input (nil: /dev/null). The
 	// pool writes it from a goroutine of its own and closes the pipe
 	// after it, or when the command has ended.
@@ -33,6 +43,28 @@ type Spec struct {
 	// ends) instead of refusing with ErrQueueFull.
 	Hold bool
 }
+
+// Stream names an exec command's output stream.
+type Stream int
+
+const (
+	Stdout Stream = 1
+	Stderr Stream = 2
+)
+
+// OutputFunc takes a chunk of an exec command's output. The pool calls it
+// from one goroutine per stream, in order, with p valid only during the
+// call. It may block: the command then blocks on its full pipe
+// (backpressure), and the task's timeout still runs, for the command and
+// for the delivery of its output. It must return soon once abort is
+// closed: the task was killed (timeout, cancel, output limit) and what is
+// still buffered is dropped after a short grace. An error makes the pool
+// drop the rest of that stream (the command goes on).
+type OutputFunc func(s Stream, p []byte, abort <-chan struct{}) error
+
+// OutputLimit is the reason of a ProcessError for an exec command killed
+// because it wrote more than its Spec.MaxOutput.
+const OutputLimit oomwatch.Reason = "output_limit"
 
 // Reasons of a ProcessError for an exec command that could not be
 // started, with the exit status a shell gives for the same (bash(1),
@@ -75,9 +107,12 @@ type Outcome struct {
 	ExitCode   int   // exec Result: the command's exit status
 	MemoryPeak int64 // the slot's memory.peak when known
 
-	// Exec results.
+	// Exec results. Stdout and Stderr hold the output unless the task
+	// had an Output (then they are nil); the byte counts are all the
+	// command wrote to each, delivered or not.
 	Stdout, Stderr                   []byte
 	StdoutTruncated, StderrTruncated bool
+	StdoutBytes, StderrBytes         int64
 
 	Timeout time.Duration // TimedOut: the limit that passed
 }
@@ -120,7 +155,10 @@ type Task struct {
 	slot   *slot
 	// killReason is why we killed the task's group (timeout, cancel), or "".
 	killReason oomwatch.Reason
-	started    time.Time
+	// killed, if not nil, is closed when the task's group is killed
+	// (exec tasks: it aborts the delivery of their output).
+	killed  chan struct{}
+	started time.Time
 	// stop disarms the task's timeout; set by whoever starts the task.
 	stop func() bool
 }

@@ -24,8 +24,11 @@ const (
 	exitFailure   = 1   // cgpool itself failed
 	exitUsage     = 2   // bad flags or configuration
 	exitCancelled = 120 // cancelled, queue timeout, or refused (as asked, the pool cannot run it)
-	exitTimeout   = 124 // the task timed out (as timeout(1))
-	exitOOM       = 125 // the task was killed by the OOM killer at memory.max
+	// exitOutputLimit: cgpool run --once killed the command for writing
+	// more than --max-output.
+	exitOutputLimit = 122
+	exitTimeout     = 124 // the task timed out (as timeout(1))
+	exitOOM         = 125 // the task was killed by the OOM killer at memory.max
 	// exitNotExecutable and exitNotFound are a shell's: the command was
 	// found but cannot be executed (or could not be started at all), or
 	// it was not found.

@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +23,9 @@ import (
 // TestMain lets the test binary act as the cgpool command.
 func TestMain(m *testing.M) {
 	if os.Getenv("CGPOOL_TEST_MAIN") == "1" {
+		if f := os.Getenv("CGPOOL_TEST_RSS"); f != "" {
+			rssMain(f)
+		}
 		main()
 		os.Exit(0)
 	}
@@ -28,6 +34,26 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	kerneltest.Main(m)
+}
+
+// rssMain runs "cgpool args..." as a child, writes its peak RSS (KiB, from
+// wait4) to file and exits with its status. A child that Go's os/exec
+// starts from a big process (the test) inherits that process's peak RSS
+// at its execve (the kernel keeps ru_maxrss across execve, and Go starts
+// children with CLONE_VM): started from this small process instead, the
+// figure is cgpool's own.
+func rssMain(file string) {
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "CGPOOL_TEST_RSS=") })
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	if cmd.ProcessState == nil {
+		fmt.Fprintln(os.Stderr, "rssMain:", err)
+		os.Exit(1)
+	}
+	os.WriteFile(file, []byte(strconv.FormatInt(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss, 10)), 0o644)
+	os.Exit(cmd.ProcessState.ExitCode())
 }
 
 // cgpool runs the test binary as "cgpool args...".

@@ -105,6 +105,7 @@ the output still waiting is dropped, and everything is killed and removed.
 
 Exit status: with --once, the command's own status, or 124 timed out,
 125 OOM-killed, 126 not executable (or could not start), 127 not found,
+122 killed for writing more than --max-output,
 128+N killed by signal N, 120 refused (e.g. a limit this host cannot enforce).
 Otherwise as GNU parallel: 0 if every command succeeded, else the number of
 failed commands (101: more than 100); with --halt ...,fail=1 the failed
@@ -401,6 +402,8 @@ func endingOf(o *pool.Outcome, refused error) ending {
 		case oomwatch.Killed:
 			return ending{reason: "killed", group: "killed by " + signalName(o.Signal), exit: -1, signal: o.Signal, code: exitSignal + o.Signal,
 				msg: fmt.Sprintf("killed by %s (not sent by cgpool)", signalName(o.Signal))}
+		case pool.OutputLimit:
+			return ending{reason: "output_limit", group: "output limit", exit: -1, signal: 9, code: exitOutputLimit, msg: o.Message}
 		case pool.NotFound:
 			return ending{reason: "not_found", group: "not found", exit: 127, code: exitNotFound, msg: "command not found"}
 		case pool.NotExecutable:

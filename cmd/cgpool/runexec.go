@@ -76,6 +76,19 @@ func (e *embedded) close() {
 	})
 }
 
+// kill ends everything at once for a second interrupt: the running
+// commands' cgroups are killed and every cgroup of ours is removed,
+// without waiting for the pool's goroutines (one may be stuck writing
+// output nobody reads); the process exits right after.
+func (e *embedded) kill() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = e.sup.Shutdown(ctx, pool.ShutdownOptions{Wait: false, CancelFutures: true})
+	if err := e.root.Release(ctx); err != nil {
+		e.log.Error("release cgroup root", "root", e.root.Path(), "err", err)
+	}
+}
+
 // runJob is one job of a run on its way.
 type runJob struct {
 	*job
@@ -199,7 +212,7 @@ func (r *runner) signals(sigc <-chan os.Signal, first chan<- os.Signal, done <-c
 			}
 			r.out.drop()
 			fmt.Fprintf(os.Stderr, "cgpool: %s again: killing everything now\n", sigName(s))
-			r.em.close()
+			r.em.kill()
 			r.mu.Lock()
 			if r.stopped == "" {
 				r.stopped, r.signal = "interrupt", s
@@ -362,7 +375,13 @@ func (r *runner) take(in input, total int) {
 // r.evc (which has room for every event of every running job, so the
 // pool never waits on it).
 func (r *runner) submit(j *runJob) {
-	spec := pool.Spec{Argv: j.argv, Env: map[string]string{"PARALLEL_SEQ": strconv.Itoa(j.seq), "PARALLEL_JOBSLOT": strconv.Itoa(j.slot)}}
+	out := j.out
+	spec := pool.Spec{Argv: j.argv, Env: map[string]string{"PARALLEL_SEQ": strconv.Itoa(j.seq), "PARALLEL_JOBSLOT": strconv.Itoa(j.slot)},
+		MaxOutput: r.p.o.maxOutput,
+		Output: func(s pool.Stream, p []byte, _ <-chan struct{}) error {
+			out.write(int(s)-1, p)
+			return nil
+		}}
 	if r.p.o.pipe {
 		spec.Stdin = j.in
 		if spec.Stdin == nil {
@@ -407,13 +426,7 @@ func (r *runner) handle(ev runEvent, total int) {
 		}
 		return
 	}
-	out := ev.e.Outcome
-	if out != nil {
-		// Until the pool streams output, it comes with the outcome.
-		j.out.write(0, out.Stdout)
-		j.out.write(1, out.Stderr)
-	}
-	end := endingOf(out, ev.err)
+	end := endingOf(ev.e.Outcome, ev.err)
 	if j.start.IsZero() {
 		j.start = ev.at
 	}
@@ -486,6 +499,11 @@ func (r *runner) done(j *runJob) {
 
 // failLine says, once its output is out, how a command failed.
 func (r *runner) failLine(j *runJob, end ending) {
+	if end.reason == "output_limit" {
+		// Loud: output is missing, and it is not the command's doing.
+		fmt.Fprintf(os.Stderr, "cgpool: [%d] OUTPUT CUT: it wrote more than --max-output (%s), so it was killed and the rest of its output is lost: %s\n", j.seq, byteCount(r.p.o.maxOutput), j.line)
+		return
+	}
 	if r.p.o.once {
 		fmt.Fprintf(os.Stderr, "cgpool: %s: %s\n", j.line, end.msg)
 		return
@@ -568,4 +586,12 @@ func (r *runner) exitStatus() error {
 		return nil
 	}
 	return &exitError{code}
+}
+
+// byteCount is "1000 bytes", or "104857600 bytes (100.0M)".
+func byteCount(n int64) string {
+	if n < 1<<20 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	return fmt.Sprintf("%d bytes (%s)", n, human(n))
 }
