@@ -778,3 +778,47 @@ func TestIdleConnectionCost(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestHeldSubmissionsBounded: held submissions are a second backlog, and
+// as bounded: past 1024 on one connection the server stops reading it (the
+// client's writes block) until some enter the pool; then every one is
+// served. On the old main a client held 100,000 with a backlog of 10.
+func TestHeldSubmissionsBounded(t *testing.T) {
+	sock, p := startServer(t, func(c *pool.Config) { c.MaxBacklog = 1 })
+	c := connect(t, sock)
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := syscall.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.submit(t, ipc.Header{}, "gate:"+gate) // holds the only worker
+	const n = 5000
+	payload := strings.Repeat("x", 16<<10) // 5000 x 16 KiB: 80 MiB if all were read
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		for i := range n {
+			h := ipc.Header{Type: ipc.TypeSubmit, ID: uint64(i + 2), Hold: true}
+			if c.c.Write(&h, []byte("echo:"+payload)) != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-wrote:
+		t.Fatalf("the server read all %d held submissions with a backlog of 1", n)
+	case <-time.After(3 * time.Second): // the writes block: the server stopped reading
+	}
+	f, _ := os.OpenFile(gate, os.O_WRONLY, 0)
+	f.Write([]byte{1})
+	f.Close()
+	got := c.finals(t, n+1, nil)
+	<-wrote
+	for id := uint64(1); id <= n+1; id++ {
+		if got[id].Type != ipc.TypeResult {
+			t.Fatalf("task %d: %+v", id, got[id])
+		}
+	}
+	if st := p.Stats(); st.TasksSucceeded != n+1 {
+		t.Errorf("stats: %+v", st)
+	}
+}
