@@ -141,6 +141,26 @@ func startFailure(prog, dir string, err error, leaf string) *Outcome {
 	return o
 }
 
+// replaceVanished replaces an exec slot whose cgroup was removed from
+// outside (an administrator, a script, a second supervisor): the slot is
+// dead, and a command started into it would fail. It reports false if the
+// pool is stopping meanwhile.
+func (s *slot) replaceVanished() bool {
+	p := s.p
+	p.log.Warn("a slot's cgroup was removed from outside; replacing the slot", "slot", s.name, "leaf", s.leafPath)
+	p.mu.Lock()
+	p.stats.WorkersRetired++
+	p.mu.Unlock()
+	s.teardown(false)
+	if !s.start() {
+		return false
+	}
+	p.mu.Lock()
+	s.state = "busy"
+	p.mu.Unlock()
+	return true
+}
+
 // runExec runs one command in the slot's leaf and reports its exit status
 // and output. Whatever the command leaves running in the slot is killed
 // before the slot takes another task.
@@ -148,6 +168,10 @@ func (s *slot) runExec(t *Task) {
 	p := s.p
 	if testHookRunTask != nil {
 		testHookRunTask(t)
+	}
+	if !s.leaf.Exists() && !s.replaceVanished() {
+		s.finish(t, &Outcome{Kind: Cancelled, Message: "cancelled by shutdown: its slot's cgroup was removed from outside"})
+		return
 	}
 	before := s.baseline
 	restore := s.taskMemory(t)
@@ -191,7 +215,7 @@ func (s *slot) runExec(t *Task) {
 			return
 		}
 	}
-	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Dir: t.spec.Dir, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.credential()}
+	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Dir: t.spec.Dir, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)}
 	if stdin != nil {
 		opts.Stdin = stdin
 	}
@@ -207,7 +231,12 @@ func (s *slot) runExec(t *Task) {
 		if feed != nil {
 			feed.Close()
 		}
-		s.finish(t, startFailure(t.spec.Argv[0], t.spec.Dir, err, s.leafPath))
+		o := startFailure(t.spec.Argv[0], t.spec.Dir, err, s.leafPath)
+		if !s.leaf.Exists() {
+			o.Reason, o.ExitCode = oomwatch.Crashed, 126
+			o.Message = "the slot's cgroup was removed from outside as the command started: " + err.Error()
+		}
+		s.finish(t, o)
 		return
 	}
 	// The kill of the task (timeout, cancel, output limit) aborts the

@@ -32,7 +32,7 @@ func newPool(t *testing.T, mod func(*pool.Config)) (*pool.Supervisor, *pool.Pool
 // this test binary (see TestMain), changed by mod.
 func testConfig(mod func(*pool.Config)) pool.Config {
 	exe, _ := os.Executable()
-	cfg := pool.Config{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1,
+	cfg := pool.Config{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1, AllowRoot: true,
 		Env: map[string]string{"CGPOOL_TEST_WORKER": "1"}}
 	if mod != nil {
 		mod(&cfg)

@@ -39,6 +39,16 @@ type Spec struct {
 
 	// Client identifies the submitter for fairness and disconnect policy.
 	Client uint64
+	// Peer is the user who submitted the task, from its connection's
+	// SO_PEERCRED and the account database (LookupIdentity); nil for an
+	// in-process caller (cgpool run), which is trusted as the supervisor
+	// itself. A root supervisor runs a peer's exec task as the peer (see
+	// Config.User), and never gives a worker that served one peer a task of
+	// another.
+	Peer *Identity
+	// Affinity names the program a worker-pool task belongs to: a worker
+	// runs the tasks of one (peer, affinity) pair only.
+	Affinity string
 	// Hold makes Submit wait for room in a full backlog (until its context
 	// ends) instead of refusing with ErrQueueFull.
 	Hold bool
@@ -73,6 +83,11 @@ const (
 	NotFound      oomwatch.Reason = "not_found"      // no such program (exit status 127)
 	NotExecutable oomwatch.Reason = "not_executable" // found, but it cannot be executed (126)
 )
+
+// size is the backlog bytes the task holds while queued.
+func (s *Spec) size() int64 {
+	return int64(len(s.Payload)) + argvBytes(s.Argv) + envBytes(s.Env) + int64(len(s.Affinity)) + int64(len(s.Dir)) + int64(len(s.Stdin))
+}
 
 // OutcomeKind is the kind of a task's one terminal outcome.
 type OutcomeKind string
@@ -161,6 +176,8 @@ type Task struct {
 	started time.Time
 	// stop disarms the task's timeout; set by whoever starts the task.
 	stop func() bool
+	// size is the backlog bytes the task holds while it is queued.
+	size int64
 }
 
 // ID returns the pool-wide id of the task.

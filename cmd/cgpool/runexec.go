@@ -44,6 +44,11 @@ func openEmbedded(ctx context.Context, root, logLevel string, cfg pool.Config) (
 	if err != nil {
 		return nil, err
 	}
+	// Our commands die with us however we die (see reaper_linux.go).
+	if ownReaper, err = startReaper(reaperSpec{root: r.Path(), removeRoot: r.Created()}, log); err != nil {
+		_ = r.Release(context.Background())
+		return nil, err
+	}
 	sup, err := pool.NewSupervisor(r, []pool.Config{cfg}, log)
 	if err != nil {
 		_ = r.Release(context.Background())
