@@ -282,11 +282,6 @@ func (s *slot) runExec(t *Task) {
 		{f: ro, stream: Stdout, deliver: deliver, abort: abort, total: &total, max: t.spec.MaxOutput, over: over},
 		{f: re, stream: Stderr, deliver: deliver, abort: abort, total: &total, max: t.spec.MaxOutput, over: over},
 	}
-	var outWG sync.WaitGroup
-	outWG.Add(2)
-	for _, op := range pipes {
-		go op.run(&outWG)
-	}
 	if feed != nil {
 		wg.Add(1)
 		go func() {
@@ -300,6 +295,12 @@ func (s *slot) runExec(t *Task) {
 	s.pid = pid
 	p.mu.Unlock()
 	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
+	// The output is read from now: "running" goes out before any of it.
+	var outWG sync.WaitGroup
+	outWG.Add(2)
+	for _, op := range pipes {
+		go op.run(&outWG)
+	}
 
 	// The timeout covers the command and the delivery of its output.
 	stop := p.armTimeout(t)

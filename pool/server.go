@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -349,6 +350,10 @@ type connTask struct {
 	sent      bool
 	early     []Event
 	cancelReq *ipc.Header
+	// accepted is closed once "accepted" is queued: a task's output
+	// frames wait for it (they come from the pool's reader goroutines,
+	// which do not go through early).
+	accepted chan struct{}
 }
 
 func (sc *serverConn) serve() {
@@ -712,7 +717,7 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ct := &connTask{pool: p, cancel: cancel}
+	ct := &connTask{pool: p, cancel: cancel, accepted: make(chan struct{})}
 	sc.tasks[h.ID] = ct
 	sc.nTasks.Store(int32(len(sc.tasks)))
 	sc.pools[p] = true
@@ -725,8 +730,12 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		Payload: payload, Argv: h.Argv, Dir: h.Cwd, Env: h.Env, Priority: h.Priority,
 		Timeout: time.Duration(h.TimeoutMS) * time.Millisecond, QueueTimeout: time.Duration(h.QueueTimeoutMS) * time.Millisecond,
 		MemoryMax: h.MemoryMax, Client: sc.client, Hold: h.Hold, Peer: sc.identity(), Affinity: h.Affinity,
+		MaxOutput: h.MaxOutput,
 	}
 	id := h.ID
+	if h.StreamOutput && p.cfg.Kind == KindExec {
+		spec.Output = sc.outputFunc(id, ct.accepted)
+	}
 	notify := func(e Event) {
 		sc.mu.Lock()
 		defer sc.mu.Unlock()
@@ -780,6 +789,7 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		// "accepted", then what happened to the task meanwhile, in order,
 		// all queued under sc.mu so that no later event overtakes them.
 		ct.task, ct.sent = t, true
+		defer close(ct.accepted) // after "accepted" is queued: output may follow
 		early := ct.early
 		ct.early = nil
 		accepted := ipc.Frame{Header: ipc.Header{Type: ipc.TypeAccepted, ID: id}}
@@ -803,6 +813,59 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 	}
 	do()
 }
+
+// outputFunc is the OutputFunc of a task submitted with stream_output:
+// each chunk becomes an output frame, queued after "accepted" and before
+// the outcome (the pool delivers the outcome once the output is read).
+// It is the backpressure: while the client's outbox holds more than
+// outputRoom it waits for the client to take its frames, and the command
+// stalls on its full pipe; the task's timeout still runs, and a kill or
+// the connection's end lets it go. It runs on the pool's pipe readers,
+// never on a slot's own goroutine.
+func (sc *serverConn) outputFunc(id uint64, accepted <-chan struct{}) OutputFunc {
+	return func(s Stream, p []byte, abort <-chan struct{}) error {
+		select {
+		case <-accepted:
+		case <-abort:
+			return errAborted
+		}
+		for {
+			sc.gmu.Lock()
+			gate := sc.gate
+			sc.gmu.Unlock()
+			sc.omu.Lock()
+			closing, full := sc.closing, sc.obytes > outputRoom
+			sc.omu.Unlock()
+			if closing {
+				return ErrClientGone
+			}
+			if !full {
+				break
+			}
+			select {
+			case <-gate:
+			case <-abort:
+				return errAborted
+			}
+		}
+		stream := ipc.StreamStdout
+		if s == Stderr {
+			stream = ipc.StreamStderr
+		}
+		sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeOutput, ID: id, Stream: stream}, Payload: bytes.Clone(p)})
+		return nil
+	}
+}
+
+// outputRoom is the outbox size past which streamed output waits: far
+// below the read bound, so that output alone never stops the reader (a
+// client that is slow to take its output can still cancel), and small,
+// so that relaying any amount of output costs the daemon about this much
+// memory a connection. A few socket buffers' worth keeps the pipe full.
+const outputRoom = 1 << 20
+
+// errAborted: the task was killed and its output is no longer wanted.
+var errAborted = errors.New("pool: the task was killed; its output is dropped")
 
 // writeEventLocked queues the frame of one of a task's events; the final
 // one also forgets the task. sc.mu must be held.

@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -203,5 +207,68 @@ func TestRefusedLimitSameExit(t *testing.T) {
 	out, err := cgpool(ctx, "submit", "--socket", sock, "--memory-max", limit, "--", "true").CombinedOutput()
 	if code := exitStatus(t, err); code != exitCancelled {
 		t.Errorf("submit --memory-max: exit %d, want 120: %s", code, out)
+	}
+}
+
+// vmHWM is a live process's peak RSS in KiB.
+func vmHWM(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
+}
+
+// TestSubmitStreamsOutput: cgpool submit gets every byte of a command's
+// 50 MB stdout and 3 MB stderr (it streams them: the daemon's pool would
+// cut them at its output_limit of 1 MiB), and the daemon's peak RSS does
+// not grow by the output's size. --max-output kills the command past its
+// bound, exits 122 and says so loudly.
+func TestSubmitStreamsOutput(t *testing.T) {
+	sock, serve := startServeCmd(t)
+	wantOut, wantErr := bigOutput()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "out")
+	os.WriteFile(src, wantOut, 0o644)
+	os.WriteFile(src+".err", wantErr, 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	before := vmHWM(t, serve.Process.Pid)
+	cmd := cgpool(ctx, "submit", "--socket", sock, "--", "sh", "-c", "cat "+src+"; cat "+src+".err >&2")
+	so, _ := os.Create(filepath.Join(dir, "so"))
+	se, _ := os.Create(filepath.Join(dir, "se"))
+	cmd.Stdout, cmd.Stderr = so, se
+	err := cmd.Run()
+	so.Close()
+	se.Close()
+	if err != nil {
+		t.Fatalf("cgpool submit: %v", err)
+	}
+	gotOut, _ := os.ReadFile(filepath.Join(dir, "so"))
+	gotErr, _ := os.ReadFile(filepath.Join(dir, "se"))
+	if sha256.Sum256(gotOut) != sha256.Sum256(wantOut) || sha256.Sum256(gotErr) != sha256.Sum256(wantErr) {
+		t.Errorf("stdout %d bytes, stderr %d bytes: not what the command wrote (50000000, 3000000)", len(gotOut), len(gotErr))
+	}
+	after := vmHWM(t, serve.Process.Pid)
+	t.Logf("cgpool serve's peak RSS: %d KiB before, %d KiB after 53 MB of output", before, after)
+	if after-before > 16<<10 {
+		t.Errorf("cgpool serve's peak RSS grew by %d KiB relaying 53 MB of output", after-before)
+	}
+
+	out, err := cgpool(ctx, "submit", "--socket", sock, "--max-output", "1000", "--", "yes").Output()
+	if code := exitStatus(t, err); code != exitOutputLimit || len(out) != 1000 {
+		t.Errorf("--max-output 1000: exit %d, %d bytes; want 122 and 1000", code, len(out))
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && !strings.Contains(string(ee.Stderr), "OUTPUT CUT") {
+		t.Errorf("stderr %q: want the loud line", ee.Stderr)
 	}
 }

@@ -87,6 +87,13 @@ func requireCgroups(t testing.TB) {
 // down and must leave no socket behind.
 func startServe(t testing.TB, args ...string) string {
 	t.Helper()
+	sock, _ := startServeCmd(t, args...)
+	return sock
+}
+
+// startServeCmd is startServe that also returns the serve process.
+func startServeCmd(t testing.TB, args ...string) (string, *exec.Cmd) {
+	t.Helper()
 	requireCgroups(t)
 	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "cgpool.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -104,7 +111,7 @@ func startServe(t testing.TB, args ...string) string {
 			t.Errorf("socket left behind: %v", err)
 		}
 	})
-	return sock
+	return sock, cmd
 }
 
 // shortTempDir makes a private directory with a short path (a socket path

@@ -47,6 +47,7 @@ func keepEnv(name string) bool { return !strings.HasPrefix(name, "CGPOOL_") }
 func submitCmd() *cobra.Command {
 	var (
 		socket, poolName, memoryMax, cwd string
+		maxOutput                        int64
 		timeout, queueTimeout            time.Duration
 		priority                         int
 		env                              []string
@@ -56,7 +57,8 @@ func submitCmd() *cobra.Command {
 		Use:   "submit [flags] -- COMMAND [ARG...]",
 		Short: "Run one command through a cgpool daemon's exec pool",
 		Long: `Run COMMAND in a slot of a running daemon's exec pool (its own cgroup), relay
-its stdout and stderr, and exit with its status.
+its stdout and stderr as it writes them (never cut; --max-output bounds
+them), and exit with its status.
 
 The command runs in the current directory (--cwd another), as the daemon sees
 the file system, with the daemon's environment for the pool plus what you
@@ -83,7 +85,9 @@ at once.`,
   FOO=bar cgpool submit --env FOO -- sh -c 'echo $FOO'`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			t := client.Task{Pool: poolName, Argv: args, Priority: priority, Timeout: timeout, QueueTimeout: queueTimeout, Env: map[string]string{}}
+			// The output streams to ours as the command writes it.
+			t := client.Task{Pool: poolName, Argv: args, Priority: priority, Timeout: timeout, QueueTimeout: queueTimeout, Env: map[string]string{},
+				Stdout: os.Stdout, Stderr: os.Stderr, MaxOutput: maxOutput}
 			// Every usage error is found here, before the daemon is asked.
 			switch {
 			case priority < 0 || priority > math.MaxInt32:
@@ -203,13 +207,22 @@ at once.`,
 	fl.StringArrayVar(&env, "env", nil, "NAME=VALUE for the task's environment, or NAME to pass your own value (repeatable)")
 	fl.BoolVar(&envAll, "env-all", false, "pass your whole environment (but CGPOOL_ variables) to the task")
 	fl.StringVar(&cwd, "cwd", "", "the task's working directory (default: the current directory)")
+	fl.Var(sizeFlag{&maxOutput}, "max-output", "most output (stdout and stderr together) the command may write, e.g. 100M; more kills it (default: no bound)")
 	return cmd
 }
 
-// writeOutput relays a result's output.
+// writeOutput relays what a result holds of the output (nothing when it
+// streamed) and says so, loudly, if the daemon cut it or it could not be
+// written.
 func writeOutput(res *client.Result) {
 	os.Stdout.Write(res.Stdout)
 	os.Stderr.Write(res.Stderr)
+	if res.StdoutTruncated || res.StderrTruncated {
+		fmt.Fprintln(os.Stderr, "cgpool: OUTPUT CUT: the daemon cut the command's output at its pool's output_limit")
+	}
+	if res.WriteErr != nil {
+		fmt.Fprintln(os.Stderr, "cgpool: writing the command's output:", res.WriteErr)
+	}
 }
 
 // submitExit relays the output and maps the outcome to the exit status.
@@ -238,6 +251,8 @@ func submitExit(res *client.Result, err error) error {
 	case errors.As(err, &pe) && pe.Reason == ipc.ProcessKilled:
 		code = exitSignal + pe.Signal
 		msg = fmt.Sprintf("killed by %s (not sent by cgpool)", signalName(pe.Signal))
+	case errors.As(err, &pe) && pe.Reason == ipc.ProcessOutputLimit:
+		code, msg = exitOutputLimit, "OUTPUT CUT: "+pe.Message+" (--max-output); the rest of its output is lost"
 	case errors.As(err, &pe) && pe.Reason == ipc.ProcessNotFound:
 		code, msg = exitNotFound, pe.Message
 	case errors.As(err, &pe):
