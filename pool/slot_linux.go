@@ -587,7 +587,7 @@ func (s *slot) takeLocked(t *Task) {
 		s.owner = &o
 	}
 	p.leaveQueueLocked(t)
-	t.state, t.slot, t.started = running, s, time.Now()
+	t.state, t.slot = running, s
 	s.task, s.state = t, "busy"
 	p.stats.TasksLaunched++
 	busy := int64(0)
@@ -845,17 +845,17 @@ func taskHeader(t *Task) ipc.Header {
 func (p *Pool) killReason(t *Task) oomwatch.Reason {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return t.killReason
+	return t.kill.reason()
 }
 
 // killTaskLocked kills a running task's slot group, once, recording why.
 // The slot cannot finish the task while p.mu is held, so the kill always
 // hits the group the task runs in.
-func (p *Pool) killTaskLocked(t *Task, why oomwatch.Reason) {
-	if t.state != running || t.killReason != "" {
+func (p *Pool) killTaskLocked(t *Task, why killKind) {
+	if t.state != running || t.kill != notKilled {
 		return
 	}
-	t.killReason = why
+	t.kill = why
 	if err := t.slot.group.Kill(); err != nil {
 		p.log.Error("cgroup.kill failed", "slot", t.slot.group.Path(), "err", err)
 	}
@@ -869,7 +869,7 @@ func (p *Pool) armTimeout(t *Task) (stop func() bool) {
 	}
 	return time.AfterFunc(t.spec.Timeout, func() {
 		p.mu.Lock()
-		p.killTaskLocked(t, oomwatch.Timeout)
+		p.killTaskLocked(t, killedTimeout)
 		p.mu.Unlock()
 	}).Stop
 }
