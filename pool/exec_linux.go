@@ -242,11 +242,12 @@ func (s *slot) runExec(t *Task) {
 	// The kill of the task (timeout, cancel, output limit) aborts the
 	// delivery of its output after a grace for what is buffered.
 	p.mu.Lock()
-	t.killed = make(chan struct{})
-	if t.killReason != "" {
-		close(t.killed)
+	killed := make(chan struct{})
+	if t.kill != notKilled {
+		close(killed)
+	} else {
+		s.killed = killed
 	}
-	killed := t.killed
 	p.mu.Unlock()
 	abort := make(chan struct{})
 	done := make(chan struct{})
@@ -274,7 +275,7 @@ func (s *slot) runExec(t *Task) {
 	over := func() {
 		overOnce.Do(func() {
 			p.mu.Lock()
-			p.killTaskLocked(t, OutputLimit)
+			p.killTaskLocked(t, killedOutput)
 			p.mu.Unlock()
 		})
 	}
@@ -338,6 +339,7 @@ func (s *slot) runExec(t *Task) {
 	killedGroup := kill != "" || left
 	p.mu.Lock()
 	s.pid = 0
+	s.killed = nil
 	p.mu.Unlock()
 
 	base := Outcome{Pid: pid, Leaf: s.leafPath, StdoutBytes: pipes[0].read, StderrBytes: pipes[1].read}

@@ -48,6 +48,9 @@ type slot struct {
 	// task of another owner: one client's code, loaded into a worker, must
 	// never run beside another client's tasks.
 	owner *owner
+	// killed, if not nil, is closed when the slot's running task is
+	// killed (exec tasks: it aborts the delivery of their output).
+	killed chan struct{}
 
 	// Owned by the slot goroutine.
 	incarnation
@@ -587,7 +590,7 @@ func (s *slot) takeLocked(t *Task) {
 		s.owner = &o
 	}
 	p.leaveQueueLocked(t)
-	t.state, t.slot, t.started = running, s, time.Now()
+	t.state, t.slot = running, s
 	s.task, s.state = t, "busy"
 	p.stats.TasksLaunched++
 	busy := int64(0)
@@ -845,19 +848,20 @@ func taskHeader(t *Task) ipc.Header {
 func (p *Pool) killReason(t *Task) oomwatch.Reason {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return t.killReason
+	return t.kill.reason()
 }
 
 // killTaskLocked kills a running task's slot group, once, recording why.
 // The slot cannot finish the task while p.mu is held, so the kill always
 // hits the group the task runs in.
-func (p *Pool) killTaskLocked(t *Task, why oomwatch.Reason) {
-	if t.state != running || t.killReason != "" {
+func (p *Pool) killTaskLocked(t *Task, why killKind) {
+	if t.state != running || t.kill != notKilled {
 		return
 	}
-	t.killReason = why
-	if t.killed != nil {
-		close(t.killed)
+	t.kill = why
+	if t.slot.killed != nil {
+		close(t.slot.killed)
+		t.slot.killed = nil
 	}
 	if err := t.slot.group.Kill(); err != nil {
 		p.log.Error("cgroup.kill failed", "slot", t.slot.group.Path(), "err", err)
@@ -872,7 +876,7 @@ func (p *Pool) armTimeout(t *Task) (stop func() bool) {
 	}
 	return time.AfterFunc(t.spec.Timeout, func() {
 		p.mu.Lock()
-		p.killTaskLocked(t, oomwatch.Timeout)
+		p.killTaskLocked(t, killedTimeout)
 		p.mu.Unlock()
 	}).Stop
 }
