@@ -204,8 +204,9 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
 		return
 	}
+	eio := t.spec.io()
 	var stdin, feed *os.File // the command's end and ours
-	if t.spec.Stdin != nil {
+	if eio.Stdin != nil {
 		if stdin, feed, err = os.Pipe(); err != nil {
 			ro.Close()
 			re.Close()
@@ -215,7 +216,7 @@ func (s *slot) runExec(t *Task) {
 			return
 		}
 	}
-	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Dir: t.spec.Dir, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)}
+	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Dir: eio.Dir, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)}
 	if stdin != nil {
 		opts.Stdin = stdin
 	}
@@ -231,7 +232,7 @@ func (s *slot) runExec(t *Task) {
 		if feed != nil {
 			feed.Close()
 		}
-		o := startFailure(t.spec.Argv[0], t.spec.Dir, err, s.leafPath)
+		o := startFailure(t.spec.Argv[0], eio.Dir, err, s.leafPath)
 		if !s.leaf.Exists() {
 			o.Reason, o.ExitCode = oomwatch.Crashed, 126
 			o.Message = "the slot's cgroup was removed from outside as the command started: " + err.Error()
@@ -264,7 +265,7 @@ func (s *slot) runExec(t *Task) {
 		case <-done:
 		}
 	}()
-	deliver := t.spec.Output
+	deliver := eio.Output
 	var capt *capture
 	if deliver == nil {
 		capt = &capture{limit: p.cfg.OutputLimit}
@@ -280,15 +281,15 @@ func (s *slot) runExec(t *Task) {
 		})
 	}
 	pipes := []*outputPipe{
-		{f: ro, stream: Stdout, deliver: deliver, abort: abort, total: &total, max: t.spec.MaxOutput, over: over},
-		{f: re, stream: Stderr, deliver: deliver, abort: abort, total: &total, max: t.spec.MaxOutput, over: over},
+		{f: ro, stream: Stdout, deliver: deliver, abort: abort, total: &total, max: eio.MaxOutput, over: over},
+		{f: re, stream: Stderr, deliver: deliver, abort: abort, total: &total, max: eio.MaxOutput, over: over},
 	}
 	if feed != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _ = feed.Write(t.spec.Stdin) // EPIPE: the command did not read it all
-			feed.Close()                    // its end of input
+			_, _ = feed.Write(eio.Stdin) // EPIPE: the command did not read it all
+			feed.Close()                 // its end of input
 		}()
 	}
 	pid := proc.Pid()
@@ -352,7 +353,7 @@ func (s *slot) runExec(t *Task) {
 		s.baseline, _, _ = oomwatch.Read(s.group)
 		o = &base
 		o.Kind, o.Reason, o.Signal, o.ExitCode = ProcessError, OutputLimit, int(syscall.SIGKILL), -1
-		o.Message = fmt.Sprintf("wrote more than its output limit of %d bytes; its cgroup was killed", t.spec.MaxOutput)
+		o.Message = fmt.Sprintf("wrote more than its output limit of %d bytes; its cgroup was killed", eio.MaxOutput)
 	} else {
 		o = s.classify(t, base, before, kill, e)
 	}

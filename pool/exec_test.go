@@ -87,7 +87,7 @@ func (c *collector) write(s pool.Stream, p []byte, abort <-chan struct{}) error 
 func TestExecStreamsOutput(t *testing.T) {
 	_, p := execPool(t)
 	var c collector
-	o := submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "yes 0123456789 | head -c 10000000; yes err | head -c 1000000 >&2"}, Output: c.write}).wait(t, 30*time.Second)
+	o := submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "yes 0123456789 | head -c 10000000; yes err | head -c 1000000 >&2"}, IO: &pool.ExecIO{Output: c.write}}).wait(t, 30*time.Second)
 	if o.Kind != pool.Result || o.ExitCode != 0 || o.Stdout != nil || o.StdoutBytes != 10_000_000 || o.StderrBytes != 1_000_000 {
 		t.Fatalf("outcome %v exit %d, %d bytes kept, counts %d/%d", o.Kind, o.ExitCode, len(o.Stdout), o.StdoutBytes, o.StderrBytes)
 	}
@@ -108,7 +108,7 @@ func TestExecOutputBackpressure(t *testing.T) {
 	_, p := execPool(t)
 	c := collector{gate: make(chan struct{})}
 	start := time.Now()
-	f := submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "head -c 100000000 /dev/zero; echo finished >&2"}, Output: c.write, Timeout: 2 * time.Second})
+	f := submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "head -c 100000000 /dev/zero; echo finished >&2"}, IO: &pool.ExecIO{Output: c.write}, Timeout: 2 * time.Second})
 	o := f.wait(t, 10*time.Second)
 	if o.Kind != pool.TimedOut {
 		t.Errorf("outcome %v, want the timeout: the command cannot finish while nobody reads", o.Kind)
@@ -121,7 +121,7 @@ func TestExecOutputBackpressure(t *testing.T) {
 	}
 	// Released, a reader gets everything.
 	c = collector{}
-	o = submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "head -c 5000000 /dev/zero"}, Output: c.write, Timeout: 20 * time.Second}).wait(t, 30*time.Second)
+	o = submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "head -c 5000000 /dev/zero"}, IO: &pool.ExecIO{Output: c.write}, Timeout: 20 * time.Second}).wait(t, 30*time.Second)
 	if o.Kind != pool.Result || c.out[pool.Stdout].Len() != 5_000_000 {
 		t.Errorf("outcome %v with %d bytes", o.Kind, c.out[pool.Stdout].Len())
 	}
@@ -132,7 +132,7 @@ func TestExecOutputBackpressure(t *testing.T) {
 func TestExecMaxOutput(t *testing.T) {
 	_, p := execPool(t)
 	var c collector
-	o := submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "echo to-stderr >&2; exec yes"}, Output: c.write, MaxOutput: 100_000}).wait(t, 10*time.Second)
+	o := submit(t, p, pool.Spec{Argv: []string{"sh", "-c", "echo to-stderr >&2; exec yes"}, IO: &pool.ExecIO{Output: c.write, MaxOutput: 100_000}}).wait(t, 10*time.Second)
 	if o.Kind != pool.ProcessError || o.Reason != pool.OutputLimit || !strings.Contains(o.Message, "output limit of 100000 bytes") {
 		t.Errorf("outcome %v %q %q", o.Kind, o.Reason, o.Message)
 	}
@@ -143,7 +143,7 @@ func TestExecMaxOutput(t *testing.T) {
 		t.Errorf("failures_by_reason %v", st.FailuresByReason)
 	}
 	// Under the bound, nothing happens.
-	o = submit(t, p, pool.Spec{Argv: []string{"echo", "small"}, Output: c.write, MaxOutput: 100}).wait(t, 10*time.Second)
+	o = submit(t, p, pool.Spec{Argv: []string{"echo", "small"}, IO: &pool.ExecIO{Output: c.write, MaxOutput: 100}}).wait(t, 10*time.Second)
 	if o.Kind != pool.Result {
 		t.Errorf("small output: %v", o.Kind)
 	}

@@ -231,15 +231,15 @@ func TestExecStartFailures(t *testing.T) {
 	}
 }
 
-// TestExecStdin: Spec.Stdin is the command's standard input; a command
+// TestExecStdin: ExecIO.Stdin is the command's standard input; a command
 // that does not read it all still ends.
 func TestExecStdin(t *testing.T) {
 	_, p := newPool(t, func(c *pool.Config) { c.Kind, c.Command = pool.KindExec, nil })
-	o := submit(t, p, pool.Spec{Argv: []string{"wc", "-c"}, Stdin: bytes.Repeat([]byte("x"), 1<<20)}).wait(t, 10*time.Second)
+	o := submit(t, p, pool.Spec{Argv: []string{"wc", "-c"}, IO: &pool.ExecIO{Stdin: bytes.Repeat([]byte("x"), 1<<20)}}).wait(t, 10*time.Second)
 	if o.Kind != pool.Result || strings.TrimSpace(string(o.Stdout)) != "1048576" {
 		t.Errorf("wc -c of 1 MiB of stdin: %v %q", o.Kind, o.Stdout)
 	}
-	o = submit(t, p, pool.Spec{Argv: []string{"true"}, Stdin: bytes.Repeat([]byte("x"), 4<<20)}).wait(t, 10*time.Second)
+	o = submit(t, p, pool.Spec{Argv: []string{"true"}, IO: &pool.ExecIO{Stdin: bytes.Repeat([]byte("x"), 4<<20)}}).wait(t, 10*time.Second)
 	if o.Kind != pool.Result || o.ExitCode != 0 {
 		t.Errorf("true with unread stdin: %+v", o)
 	}

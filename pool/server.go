@@ -748,23 +748,28 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 	}
 	sc.mu.Unlock()
 	spec := Spec{
-		Payload: payload, Argv: h.Argv, Dir: h.Cwd, Env: h.Env, Priority: h.Priority,
+		Payload: payload, Argv: h.Argv, Env: h.Env, Priority: h.Priority,
 		Timeout: time.Duration(h.TimeoutMS) * time.Millisecond, QueueTimeout: time.Duration(h.QueueTimeoutMS) * time.Millisecond,
 		MemoryMax: h.MemoryMax, Client: sc.client, Hold: h.Hold, Peer: sc.identity(), Affinity: h.Affinity,
-		MaxOutput: h.MaxOutput,
 	}
-	if h.StreamOutput && p.cfg.Kind == KindExec {
-		spec.Output = sc.outputFunc(h.ID)
+	stream := h.StreamOutput && p.cfg.Kind == KindExec // worker pools: their answer is the output
+	if h.Cwd != "" || h.MaxOutput != 0 || stream {
+		spec.IO = &ExecIO{Dir: h.Cwd, MaxOutput: h.MaxOutput}
+		if stream {
+			spec.IO.Output = sc.outputFunc(h.ID)
+		}
 	}
 	if !h.Hold {
 		sc.enter(context.Background(), h.ID, p, ct, &spec)
 		return
 	}
-	// Only a held submission can be cancelled before the pool has it.
+	// Only a held submission can be cancelled before the pool has it. Its
+	// spec is copied for the closure, so that the common path's stays off
+	// the heap (garbage beside every queued task).
 	ctx, cancel := context.WithCancel(context.Background())
 	ct.cancel = cancel
-	id := h.ID
-	sc.hold(func() { sc.enter(ctx, id, p, ct, &spec) })
+	id, held := h.ID, spec
+	sc.hold(func() { sc.enter(ctx, id, p, ct, &held) })
 }
 
 func (sc *serverConn) reject(id uint64, reason, msg string) {
@@ -850,7 +855,7 @@ func (sc *serverConn) enter(ctx context.Context, id uint64, p *Pool, ct *connTas
 			sc.writeEventLocked(id, e)
 		}
 	}
-	if spec.Output != nil {
+	if spec.IO != nil && spec.IO.Output != nil {
 		sc.openGate() // its output waits for "accepted"
 	}
 	sc.mu.Unlock()

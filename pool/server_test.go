@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -510,4 +511,25 @@ func TestStreamedOutputBackpressure(t *testing.T) {
 		t.Errorf("%d bytes of output were queued for a client that read nothing (bound %d)", got, bound)
 	}
 	t.Logf("%d bytes of output queued while the client read nothing", got)
+}
+
+// TestExecIOOnlyForExecPools: a worker pool's task has no working
+// directory and no output of its own: cwd and max_output are refused with
+// why, not ignored; stream_output is ignored there (the answer is the
+// output) and the task runs.
+func TestExecIOOnlyForExecPools(t *testing.T) {
+	sock, _ := startServer(t, nil)
+	tc := connect(t, sock)
+	cwd := tc.submit(t, ipc.Header{Cwd: "/"}, "echo")
+	maxOut := tc.submit(t, ipc.Header{MaxOutput: 10}, "echo")
+	stream := tc.submit(t, ipc.Header{StreamOutput: true}, "echo")
+	got := tc.finals(t, 3, nil)
+	for id, want := range map[uint64]string{cwd: "no working directory of its own", maxOut: "max_output are for exec pools"} {
+		if h := got[id]; h.Type != ipc.TypeRejected || h.Reason != ipc.RejectInvalid || !strings.Contains(h.Message, want) {
+			t.Errorf("submit %d: %+v, want rejected invalid saying %q", id, h, want)
+		}
+	}
+	if h := got[stream]; h.Type != ipc.TypeResult {
+		t.Errorf("stream_output in a worker pool: %+v, want its result", h)
+	}
 }

@@ -382,15 +382,15 @@ func (r *runner) take(in input, total int) {
 func (r *runner) submit(j *runJob) {
 	out := j.out
 	spec := pool.Spec{Argv: j.argv, Env: map[string]string{"PARALLEL_SEQ": strconv.Itoa(j.seq), "PARALLEL_JOBSLOT": strconv.Itoa(j.slot)},
-		MaxOutput: r.p.o.maxOutput,
-		Output: func(s pool.Stream, p []byte, _ <-chan struct{}) error {
-			out.write(int(s)-1, p)
-			return nil
-		}}
+		IO: &pool.ExecIO{MaxOutput: r.p.o.maxOutput,
+			Output: func(s pool.Stream, p []byte, _ <-chan struct{}) error {
+				out.write(int(s)-1, p)
+				return nil
+			}}}
 	if r.p.o.pipe {
-		spec.Stdin = j.in
-		if spec.Stdin == nil {
-			spec.Stdin = []byte{}
+		spec.IO.Stdin = j.in
+		if spec.IO.Stdin == nil {
+			spec.IO.Stdin = []byte{}
 		}
 	}
 	t, err := r.em.pool.Submit(context.Background(), spec, func(e pool.Event) {
