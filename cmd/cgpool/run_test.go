@@ -113,9 +113,13 @@ func TestRunQuoting(t *testing.T) {
 	requireCgroups(t)
 	dir := t.TempDir()
 	evil := "$(echo INJECTED) `echo INJECTED` ; echo INJECTED 'it''s' \"q\""
+	bash := "bash"
+	if _, err := exec.LookPath(bash); err != nil {
+		bash = "ash" // the VM's busybox: another shell whose -c script is quoted
+	}
 	for _, args := range [][]string{
 		{"sh", "-c", "printf '%s\\n' {}"},
-		{"bash", "-ec", "printf '%s\\n' {}"},
+		{bash, "-ec", "printf '%s\\n' {}"},
 		{"printf %s\\\\n {}"},
 		{"printf", "%s\\n", "{}"},
 		{"printf", "%s\\n"},
