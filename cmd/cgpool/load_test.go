@@ -49,21 +49,6 @@ func rssOf(t *testing.T, pid int) int64 {
 	return 0
 }
 
-func fdList(pid int) string {
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	var out []string
-	for _, e := range ents {
-		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
-		out = append(out, e.Name()+"="+l)
-	}
-	return strings.Join(out, " ")
-}
-
-func fdsOf(pid int) int {
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	return len(ents)
-}
-
 // loadServe starts "cgpool serve" with args and returns its socket and
 // process; it is shut down when the test ends.
 func loadServe(t *testing.T, args ...string) (string, *exec.Cmd) {
