@@ -125,7 +125,7 @@ func outcomeOf(h ipc.Header) string {
 
 // soakKinds builds the task mix. full: the memory and pids controllers are
 // there (the OOM and fork-bomb tasks run).
-func soakKinds(full bool) []func(r *rand.Rand) soakTask {
+func soakKinds(full bool, exe string) []func(r *rand.Rand) soakTask {
 	sh := func(script string) []string { return []string{"/bin/sh", "-c", script} }
 	kinds := []func(r *rand.Rand) soakTask{
 		func(r *rand.Rand) soakTask {
@@ -204,7 +204,9 @@ func soakKinds(full bool) []func(r *rand.Rand) soakTask {
 				return soakTask{kind: "work-oom", pool: "work", payload: "alloc:200", h: ipc.Header{MemoryMax: 64 << 20}, expect: []string{ipc.TypeProcessError + "/" + ipc.ProcessOOM}}
 			},
 			func(r *rand.Rand) soakTask {
-				return soakTask{kind: "exec-oom", pool: "exec", h: ipc.Header{Argv: sh(`x=$(head -c 200000000 /dev/zero | tr '\0' x); echo ${#x}`), MemoryMax: 32 << 20},
+				// The test binary's alloc helper: 200 MiB touched, under 32.
+				return soakTask{kind: "exec-oom", pool: "exec", h: ipc.Header{Argv: []string{exe}, MemoryMax: 32 << 20,
+					Env: map[string]string{"CGPOOL_TEST_MAIN": "", kerneltest.HelperEnv: "alloc", "CGPOOL_TEST_ARGS": "200"}},
 					expect: []string{ipc.TypeProcessError + "/" + ipc.ProcessOOM}}
 			},
 			func(r *rand.Rand) soakTask {
@@ -418,7 +420,7 @@ func TestSoak(t *testing.T) {
 	t.Cleanup(func() { s.stopDaemon(syscall.SIGTERM) })
 	phases := 5
 	phase := total / time.Duration(phases)
-	kinds := soakKinds(full)
+	kinds := soakKinds(full, exe)
 	start := time.Now()
 	for i := range phases {
 		s.runPhase(i, phase, kinds)
