@@ -47,6 +47,7 @@ func FuzzRunTemplate(f *testing.F) {
 	add("printf\x1f%s\\n\x1f{}", "\t lead\x7f\xff\n", "", true)
 	add("echo '{}' \"{}\" \\{}", "a b\n", "", false)
 	add("{}", "echo hi\n", "", false)
+	add("  {}", "\xb8\n", "", false) // a byte that is not UTF-8, in a shell line
 	add("echo {0} {1x} {} {", "v\n", "[", false)
 	f.Add("echo {}", "a\n", "", false, "soon,fail=10%")
 	dir := filepath.Join("..", "..", "testdata", "fuzz", "FuzzRunTemplate")
@@ -342,9 +343,9 @@ func (w shWord) textRange(i, j int) string {
 // enc writes a character with \x00 before it where it is special.
 func (ch shChar) enc() string {
 	if ch.special {
-		return "\x00" + string(ch.c)
+		return string([]byte{0, ch.c})
 	}
-	return string(ch.c)
+	return string([]byte{ch.c})
 }
 
 // shSpecial are the characters an unquoted word has the shell act on
