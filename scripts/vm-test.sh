@@ -282,6 +282,11 @@ build_root() {
 			cp -a "$dir/testdata" "$ROOT/src/$name/testdata"
 		fi
 	done <<<"$list"
+	# The repository's shared fixtures: a test in /src/<name> finds them at
+	# ../testdata, as it does in the source tree.
+	if [[ -d $REPO/testdata ]]; then
+		cp -a "$REPO/testdata" "$ROOT/src/testdata"
+	fi
 	if ((${#failed[@]} > 0)); then
 		die "could not build the tests of: ${failed[*]}"
 	fi
