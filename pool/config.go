@@ -70,6 +70,7 @@ type Config struct {
 	// each.
 	OutputLimit  int64            `toml:"output_limit"`
 	OnDisconnect DisconnectPolicy `toml:"on_disconnect"`
+	Observer     Observer         `toml:"-" json:"-"` // told of tasks, spawns and kills as they happen (observe.go); nil: none
 }
 
 // Defaults.

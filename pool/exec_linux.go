@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/spawn"
@@ -73,6 +74,7 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
 		return
 	}
+	start := time.Now()
 	proc, err := spawn.Start(spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.credential()})
 	wo.Close()
 	we.Close()
@@ -82,6 +84,7 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: err.Error(), Leaf: s.leafPath})
 		return
 	}
+	p.observeSpawn(start)
 	wg.Add(2)
 	go out.fill(ro, p.cfg.OutputLimit, &wg)
 	go errOut.fill(re, p.cfg.OutputLimit, &wg)

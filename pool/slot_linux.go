@@ -173,10 +173,12 @@ func (inc *incarnation) build(p *Pool) error {
 		return err
 	}
 	if p.cfg.Kind == KindWorker {
+		start := time.Now()
 		w, hello, err := startWorker(inc.leafDir, p.cfg.Command, inc.env, p.credential())
 		if err != nil {
 			return err
 		}
+		p.observeSpawn(start)
 		inc.w, inc.initErr = w, hello.InitError
 	}
 	return nil
@@ -185,11 +187,13 @@ func (inc *incarnation) build(p *Pool) error {
 // release stops the worker (gracefully if asked and possible) and destroys
 // the group: nothing that ran in it survives. It leaves inc empty.
 func (inc *incarnation) release(p *Pool, graceful bool) {
+	var killed time.Time
 	if inc.w != nil {
 		if graceful {
 			inc.w.askExit()
 		}
 		if inc.group != nil {
+			killed = time.Now()
 			_ = inc.group.Kill()
 		}
 		inc.w.kill()
@@ -203,6 +207,8 @@ func (inc *incarnation) release(p *Pool, graceful bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 		if err := inc.group.Destroy(ctx, teardownTimeout); err != nil {
 			p.log.Error("could not remove a worker slot", "slot", inc.group.Path(), "err", err)
+		} else {
+			p.observeEmptied(killed)
 		}
 		cancel()
 	}
@@ -565,6 +571,7 @@ func (s *slot) finish(t *Task, o *Outcome) {
 	}
 	p.countLocked(o)
 	p.mu.Unlock()
+	p.observer().TaskEnded(p.cfg.Name, o.Kind, string(o.Reason), time.Since(t.started))
 	t.notify(Event{Outcome: o})
 }
 
@@ -688,11 +695,14 @@ func (s *slot) emptyGroup() {
 	if pop, err := s.group.Populated(); err != nil || !pop {
 		return
 	}
+	killed := time.Now()
 	_ = s.group.Kill()
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
 	if err := s.group.WaitEmpty(ctx); err != nil {
 		s.p.log.Error("a task's processes did not die", "slot", s.group.Path(), "err", err)
+	} else {
+		s.p.observeEmptied(killed)
 	}
 }
 
