@@ -17,14 +17,18 @@ import (
 // fileConfig is the serve configuration file: TOML, or JSON when the file
 // name ends in .json (what the Python package writes).
 type fileConfig struct {
-	Socket      string       `toml:"socket" json:"socket"`
-	SocketMode  string       `toml:"socket_mode" json:"socket_mode"`
-	SocketGroup int          `toml:"socket_group" json:"socket_group"`
-	AllowUIDs   []uint32     `toml:"allow_uids" json:"allow_uids"`
-	AllowGIDs   []uint32     `toml:"allow_gids" json:"allow_gids"`
-	Root        string       `toml:"root" json:"root"`
-	LogLevel    string       `toml:"log_level" json:"log_level"`
-	Pools       []poolConfig `toml:"pools" json:"pools"`
+	Socket      string   `toml:"socket" json:"socket"`
+	SocketMode  string   `toml:"socket_mode" json:"socket_mode"`
+	SocketGroup int      `toml:"socket_group" json:"socket_group"`
+	AllowUIDs   []uint32 `toml:"allow_uids" json:"allow_uids"`
+	AllowGIDs   []uint32 `toml:"allow_gids" json:"allow_gids"`
+	Root        string   `toml:"root" json:"root"`
+	LogLevel    string   `toml:"log_level" json:"log_level"`
+	// MetricsAddr serves Prometheus metrics ("127.0.0.1:9464", or a bare
+	// port); MetricsAllowRemote lets it be an address other hosts reach.
+	MetricsAddr        string       `toml:"metrics_addr" json:"metrics_addr"`
+	MetricsAllowRemote bool         `toml:"metrics_allow_remote" json:"metrics_allow_remote"`
+	Pools              []poolConfig `toml:"pools" json:"pools"`
 }
 
 // poolConfig is one pool in the file. Durations are Go duration strings

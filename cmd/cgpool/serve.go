@@ -133,10 +133,10 @@ func newLogger(level string) (*slog.Logger, error) {
 
 func serveCmd() *cobra.Command {
 	var (
-		configPath, socket, root, logLevel string
-		exitWithStdin, ready               bool
-		privateDir                         string
-		pf                                 poolFlags
+		configPath, socket, root, logLevel  string
+		exitWithStdin, ready, metricsRemote bool
+		privateDir, metricsAddr             string
+		pf                                  poolFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -178,6 +178,10 @@ cgroup and the socket file are removed.`,
 			if cmd.Flags().Changed("root") || fc.Root == "" {
 				fc.Root = root
 			}
+			if cmd.Flags().Changed("metrics-addr") {
+				fc.MetricsAddr = metricsAddr
+			}
+			fc.MetricsAllowRemote = fc.MetricsAllowRemote || metricsRemote
 			var cfgs []pool.Config
 			for _, pc := range fc.Pools {
 				c, err := pc.toPool()
@@ -211,6 +215,8 @@ cgroup and the socket file are removed.`,
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&exitWithStdin, "exit-with-stdin", false, "shut down when stdin reaches end of file (for a parent that owns this supervisor)")
 	fl.BoolVar(&ready, "ready", false, "print \"ready SOCKET\" on stdout once the socket listens")
+	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics: [HOST:]PORT, 127.0.0.1 when only a port is given (default: off)")
+	fl.BoolVar(&metricsRemote, "metrics-allow-remote", false, "let --metrics-addr listen on an address other hosts can reach (0.0.0.0, a LAN address)")
 	fl.StringVar(&privateDir, "private-dir", "", "a directory made for this supervisor alone (its socket's); removed with everything in it on exit")
 	pf.register(cmd, "exec")
 	return cmd
@@ -228,6 +234,11 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 			cancel()
 		}()
 	}
+	mx, err := startMetrics(fc, cfgs, log)
+	if err != nil {
+		return err
+	}
+	defer mx.stop(log)
 	root, err := openRoot(ctx, fc.Root, log)
 	if err != nil {
 		return err
@@ -241,6 +252,7 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 	if err != nil {
 		return err
 	}
+	mx.watch(sup)
 	mode := os.FileMode(0o600)
 	if fc.SocketMode != "" {
 		m, err := strconv.ParseUint(fc.SocketMode, 8, 32)
@@ -262,27 +274,38 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 		fmt.Printf("ready %s\n", fc.Socket)
 	}
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+	beat := newHeartbeat(sup, log)
+	beat.beat()
 
 	serveCtx, stopServe := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(serveCtx) }()
 	var opts pool.ShutdownOptions
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "reason", context.Cause(ctx))
-		opts = pool.ShutdownOptions{Wait: true, CancelFutures: true, Deadline: 10 * time.Second}
-		if exitWithStdin {
-			// The owner is gone: nobody waits for results, so kill what runs.
-			opts = pool.ShutdownOptions{Wait: false, CancelFutures: true}
+	for { // the main loop: systemd's watchdog pings come from here (notify.go)
+		select {
+		case <-beat.C():
+			beat.beat()
+			continue
+		case <-beat.Wedged():
+			log.Warn("test hook: the main loop stops here for good", "env", wedgeEnv)
+			<-make(chan struct{})
+		case <-ctx.Done():
+			log.Info("shutting down", "reason", context.Cause(ctx))
+			opts = pool.ShutdownOptions{Wait: true, CancelFutures: true, Deadline: 10 * time.Second}
+			if exitWithStdin {
+				// The owner is gone: nobody waits for results, so kill what runs.
+				opts = pool.ShutdownOptions{Wait: false, CancelFutures: true}
+			}
+		case opts = <-srv.ShutdownRequested():
+			log.Info("shutdown requested by a client", "wait", opts.Wait, "cancel_futures", opts.CancelFutures)
+		case err := <-served:
+			stopServe()
+			_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
+			return err
 		}
-	case opts = <-srv.ShutdownRequested():
-		log.Info("shutdown requested by a client", "wait", opts.Wait, "cancel_futures", opts.CancelFutures)
-	case err := <-served:
-		stopServe()
-		_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
-		return err
+		break
 	}
-	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	defer beat.stopping()()
 	err = sup.Shutdown(context.Background(), opts)
 	if err == nil && !opts.Wait {
 		err = sup.Wait(context.Background())
