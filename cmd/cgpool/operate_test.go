@@ -3,9 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -257,5 +260,42 @@ func TestWedgeHookNeedsItsVariable(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("cgpool serve after SIGUSR2 without the hook: %v", err)
+	}
+}
+
+// TestServeInSupervisorSubgroup: started inside a "supervisor" group of a
+// delegated cgroup (what systemd 254+ does with DelegateSubgroup=
+// supervisor), serve takes the parent as its root: the pools sit beside
+// supervisor, not inside it.
+func TestServeInSupervisorSubgroup(t *testing.T) {
+	root := kerneltest.NewRoot(t)
+	sup, err := root.Mkdir("supervisor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "cgpool.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	exe, _ := os.Executable()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c",
+		`echo $$ > "$1/cgroup.procs" && exec "$0" serve --ready -j 1 --log-level warn --socket "$2"`, exe, sup.Path(), sock)
+	cmd.Env = append(os.Environ(), "CGPOOL_TEST_MAIN=1")
+	startReady(t, cmd, sock)
+	defer func() {
+		if err := cgpool(ctx, "shutdown", "--socket", sock).Run(); err != nil {
+			t.Errorf("cgpool shutdown: %v", err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("cgpool serve: %v", err)
+		}
+	}()
+	if _, err := os.Stat(filepath.Join(root.Path(), "default")); err != nil {
+		t.Errorf("the pool's group is not beside supervisor in %s: %v", root.Path(), err)
+	}
+	if _, err := os.Stat(filepath.Join(sup.Path(), "supervisor")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("serve nested a supervisor group inside supervisor: %v", err)
+	}
+	if out, err := cgpool(ctx, "submit", "--socket", sock, "--", "true").CombinedOutput(); err != nil {
+		t.Errorf("a task: %v\n%s", err, out)
 	}
 }
