@@ -24,11 +24,12 @@ var allowed = map[string][]string{
 	"worker":              {"ipc"},
 	"pool":                {"sched", "spawn", "cgroup", "oomwatch", "ipc"},
 	"metrics":             {"pool", "sched", "spawn", "cgroup", "oomwatch", "ipc"},
+	"check":               {"pool", "sched", "spawn", "cgroup", "oomwatch", "ipc"},
 	"internal/kerneltest": {"cgroup", "spawn"},
 	"internal/deptest":    nil,
 	"internal/pyvm":       {"internal/kerneltest", "cgroup", "spawn"},
 	"scripts/vminit":      nil,
-	"cmd/cgpool":          {"pool", "metrics", "sched", "spawn", "cgroup", "oomwatch", "ipc", "client", "worker"},
+	"cmd/cgpool":          {"pool", "metrics", "check", "sched", "spawn", "cgroup", "oomwatch", "ipc", "client", "worker"},
 }
 
 func TestImportArrows(t *testing.T) {
