@@ -9,7 +9,10 @@
 //
 //	W  the task's result is what it should be
 //	K  after it ended, nothing it started is alive (the slot's cgroup
-//	   holds only its worker, and no process carries the cell's marker)
+//	   holds only its worker, and no process carries the cell's marker
+//	   outside the pool's cgroups), within 3 s of the outcome: worker
+//	   pools tell the outcome first and then kill the slot, and the
+//	   report notes how long that took
 //	T  the stuck form is reported as a timeout within timeout + 1 s, and
 //	   every process ever seen in its slot is gone
 //	E  after the pool's shutdown its cgroups are gone and no process

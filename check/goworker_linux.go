@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // GoTask runs one task of the Go worker column: the payload is a row name,
@@ -20,7 +21,13 @@ import (
 func GoTask(payload []byte, self []string) ([]byte, error) {
 	r, stuck := strings.CutSuffix(string(payload), ":stuck")
 	ten := []byte("10")
-	block := func() { select {} }
+	// Not select{}: with nothing else to run, the Go runtime would call that
+	// a deadlock and exit 2.
+	block := func() {
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
 	run := func(argv ...string) ([]byte, error) {
 		out, err := exec.Command(argv[0], argv[1:]...).Output()
 		if err != nil {
@@ -100,8 +107,18 @@ func GoTask(payload []byte, self []string) ([]byte, error) {
 			}
 		}
 	case "fork_bomb":
-		out, _ := exec.Command("sh", "-c", execArgv("fork_bomb", stuck, nil)[2]).Output()
-		if bytes.Contains(out, []byte("no limit")) {
+		// Output to a file, not a pipe: the sleeps left behind would hold a
+		// pipe open, and the wait for its end would never return.
+		f, err := os.CreateTemp("", "cgpool-check-fork-bomb-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		c := exec.Command("sh", "-c", execArgv("fork_bomb", stuck, nil)[2])
+		c.Stdout = f
+		_ = c.Run()
+		if out, _ := os.ReadFile(f.Name()); bytes.Contains(out, []byte("no limit")) {
 			return out, nil
 		}
 		return ten, nil
