@@ -24,6 +24,8 @@ Options:
                  -run is given too)
   -keep          keep the initramfs and its root folder in the scratch folder
   -demo          run the README's demo (cgpool demo) in the VM, with the OOM kill
+  -print-kernel  fetch the kernel if it is not cached, print its path, and exit
+                 (scripts/systemd-vm-test.sh boots the same kernel)
   -h, --help     show this help
   packages       Go packages whose tests to build (default: every package of
                  ./... that has tests, except ./scripts/...)
@@ -71,6 +73,7 @@ VM_TIMEOUT=${CGPOOL_VM_TIMEOUT:-1200}
 
 RUN=""
 BENCH=""
+PRINT_KERNEL=0
 KEEP=0
 PKGS=()
 while (($# > 0)); do
@@ -107,6 +110,10 @@ while (($# > 0)); do
 		# TestDemo, which prints the demo's output.
 		RUN='^TestDemo$'
 		PKGS=(./cmd/cgpool)
+		shift
+		;;
+	-print-kernel | --print-kernel)
+		PRINT_KERNEL=1
 		shift
 		;;
 	--)
@@ -344,6 +351,10 @@ pack_python() {
 
 t0=$(now)
 get_kernel
+if ((PRINT_KERNEL == 1)); then
+	echo "$KERNEL"
+	exit 0
+fi
 build_root
 log "initramfs $(du -h "$INITRD" | cut -f1) built in $(since "$t0")s; kernel $KERNEL"
 

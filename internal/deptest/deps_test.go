@@ -28,6 +28,7 @@ var allowed = map[string][]string{
 	"internal/kerneltest": {"cgroup", "spawn"},
 	"internal/deptest":    nil,
 	"internal/pyvm":       {"internal/kerneltest", "cgroup", "spawn"},
+	"internal/systemdvm":  nil,
 	"scripts/vminit":      nil,
 	"cmd/cgpool":          {"pool", "metrics", "check", "sched", "spawn", "cgroup", "oomwatch", "ipc", "client", "worker"},
 }
