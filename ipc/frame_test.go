@@ -165,7 +165,7 @@ func TestWireLayout(t *testing.T) {
 // TestHeaderJSONNames pins the JSON member name of every Header field.
 func TestHeaderJSONNames(t *testing.T) {
 	want := []string{"type", "id", "version", "client", "server", "pools", "pid", "leaf", "init_error",
-		"pool", "priority", "timeout_ms", "queue_timeout_ms", "memory_max", "env", "argv", "hold",
+		"pool", "priority", "timeout_ms", "queue_timeout_ms", "memory_max", "env", "argv", "affinity", "hold",
 		"reason", "code", "message", "traceback", "exit_code", "signal", "memory_peak", "stdout_len",
 		"stdout_truncated", "stderr_truncated", "rss", "mode", "ok", "state", "stats", "status",
 		"replace", "wait", "cancel_futures", "deadline_ms"}
@@ -525,6 +525,16 @@ func TestValidateRequest(t *testing.T) {
 		{Header{Type: TypeCancel, ID: 1, Mode: "medium"}, false},
 		{Header{Type: TypeSetEnv, ID: 1, Env: map[string]string{"A\x00": ""}}, false},
 		{Header{Type: TypeShutdown, ID: 1, DeadlineMS: -5}, false},
+		// Durations that would wrap a time.Duration (2^58+1 ms became 1 ms).
+		{Header{Type: TypeSubmit, ID: 1, TimeoutMS: 1<<58 + 1}, false},
+		{Header{Type: TypeSubmit, ID: 1, TimeoutMS: MaxDurationMS}, true},
+		{Header{Type: TypeSubmit, ID: 1, TimeoutMS: MaxDurationMS + 1}, false},
+		{Header{Type: TypeSubmit, ID: 1, QueueTimeoutMS: 1 << 62}, false},
+		{Header{Type: TypeShutdown, ID: 1, DeadlineMS: 1 << 50}, false},
+		{Header{Type: TypeSubmit, ID: 1, Priority: MaxPriority + 1}, false},
+		{Header{Type: TypeSubmit, ID: 1, Affinity: "ab12-prog"}, true},
+		{Header{Type: TypeSubmit, ID: 1, Affinity: "a b"}, false},
+		{Header{Type: TypeSubmit, ID: 1, Affinity: strings.Repeat("a", MaxAffinity+1)}, false},
 		{Header{Type: TypeStats}, false},
 		{Header{Type: TypeStats, ID: 2}, true},
 		{Header{Type: TypeResult}, true}, // not a request

@@ -202,6 +202,16 @@ func (q *Queue[T]) Pop() (Item[T], bool) {
 	return it, true
 }
 
+// Peek returns the item that Pop would return next, and true, without
+// removing it; the zero Item and false if the queue is empty. It does not
+// block. The returned Item's Value is shared with the queue.
+func (q *Queue[T]) Peek() (Item[T], bool) {
+	if q.n == 0 {
+		return Item[T]{}, false
+	}
+	return q.prios.min().rhead.head.item, true
+}
+
 // Remove cancels the queued item with the given id and returns it and true,
 // or the zero Item and false if no such item is queued (never pushed, or
 // already popped or removed). It runs in O(log n), does not block, and the

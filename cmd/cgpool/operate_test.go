@@ -162,7 +162,7 @@ func TestServeNotify(t *testing.T) {
 	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "cgpool.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := cgpool(ctx, "serve", "--socket", sock, "--root", filepath.Join(root.Path(), "served"), "--ready", "-j", "2", "--log-level", "warn")
+	cmd := cgpool(ctx, "serve", "--socket", sock, "--root", filepath.Join(root.Path(), "served"), "--ready", "-j", "2", "--log-level", "warn", "--allow-root")
 	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+n.path, "WATCHDOG_USEC=400000", wedgeEnv+"=SIGUSR2")
 	stderr := &lockedBuffer{}
 	cmd.Stderr = stderr
@@ -237,7 +237,7 @@ func TestWedgeHookNeedsItsVariable(t *testing.T) {
 	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "cgpool.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := cgpool(ctx, "serve", "--socket", sock, "--root", filepath.Join(root.Path(), "served"), "--ready", "-j", "1", "--log-level", "warn")
+	cmd := cgpool(ctx, "serve", "--socket", sock, "--root", filepath.Join(root.Path(), "served"), "--ready", "-j", "1", "--log-level", "warn", "--allow-root")
 	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+n.path, "WATCHDOG_USEC=400000")
 	startReady(t, cmd, sock)
 	n.await(t, "WATCHDOG=1", 10*time.Second)
@@ -278,7 +278,7 @@ func TestServeInSupervisorSubgroup(t *testing.T) {
 	defer cancel()
 	exe, _ := os.Executable()
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c",
-		`echo $$ > "$1/cgroup.procs" && exec "$0" serve --ready -j 1 --log-level warn --socket "$2"`, exe, sup.Path(), sock)
+		`echo $$ > "$1/cgroup.procs" && exec "$0" serve --ready -j 1 --log-level warn --allow-root --socket "$2"`, exe, sup.Path(), sock)
 	cmd.Env = append(os.Environ(), "CGPOOL_TEST_MAIN=1")
 	startReady(t, cmd, sock)
 	defer func() {
@@ -287,6 +287,20 @@ func TestServeInSupervisorSubgroup(t *testing.T) {
 		}
 		if err := cmd.Wait(); err != nil {
 			t.Errorf("cgpool serve: %v", err)
+		}
+		// Its reaper (reaper_linux.go) leaves the group when it has seen
+		// serve go.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			ev, err := sup.Events()
+			if err != nil || !ev.Populated {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("supervisor still holds processes 10s after serve exited")
+				break
+			}
+			time.Sleep(10 * time.Millisecond) // re-reading cgroup.events with a deadline
 		}
 	}()
 	if _, err := os.Stat(filepath.Join(root.Path(), "default")); err != nil {

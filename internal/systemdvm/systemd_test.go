@@ -298,8 +298,20 @@ func TestCgroupTree(t *testing.T) {
 	if want := []string{"default", "go", "supervisor"}; !slices.Equal(dirs, want) {
 		t.Errorf("%s holds groups %q, want %q", unitCg, dirs, want)
 	}
-	if got := readFile(t, filepath.Join(unitCg, "supervisor", "cgroup.procs")); got != strconv.Itoa(pid) {
-		t.Errorf("supervisor/cgroup.procs = %q, want cgpool's MainPID %d alone", got, pid)
+	// cgpool and its reaper (cmd/cgpool/reaper_linux.go), nothing else.
+	var sup []int
+	for _, f := range strings.Fields(readFile(t, filepath.Join(unitCg, "supervisor", "cgroup.procs"))) {
+		n, _ := strconv.Atoi(f)
+		if n == pid {
+			sup = append(sup, n)
+			continue
+		}
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n)); !bytes.Contains(cmdline, []byte("\x00__reap\x00")) {
+			t.Errorf("supervisor holds pid %d (%q), neither cgpool (MainPID %d) nor its reaper", n, cmdline, pid)
+		}
+	}
+	if len(sup) != 1 {
+		t.Errorf("cgpool's MainPID %d is not in supervisor/cgroup.procs", pid)
 	}
 	if got := readFile(t, filepath.Join(unitCg, "cgroup.procs")); got != "" {
 		t.Errorf("the unit's own cgroup.procs = %q, want empty (no internal processes)", got)
