@@ -549,3 +549,48 @@ func TestValidateRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchWritesWhatWriteBatchWrites: an encoded Batch, reused after
+// Reset, puts the same bytes on the wire as WriteBatch, and checks frames
+// as Write does.
+func TestBatchWritesWhatWriteBatchWrites(t *testing.T) {
+	frames := []Frame{
+		{Header: Header{Type: TypeAccepted, ID: 1}},
+		{Header: Header{Type: TypeResult, ID: 1, PID: 42, Leaf: "/w-1/worker"}, Payload: []byte("answer")},
+		{Header: Header{Type: TypeTaskError, ID: 2, Message: "boom <&>", Traceback: "tb"}, Payload: []byte{0, 1, 2}},
+	}
+	var want bytes.Buffer
+	wc := NewConn(nopCloser{&want})
+	if err := wc.WriteBatch(frames); err != nil {
+		t.Fatal(err)
+	}
+	var b Batch
+	for round := range 3 { // the buffers are reused
+		b.Reset()
+		for i := range frames {
+			if err := b.Add(&frames[i].Header, frames[i].Payload, DefaultMaxPayload); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if b.Len() != len(frames) || b.Size() != int64(want.Len()) {
+			t.Fatalf("round %d: Len %d Size %d, want %d and %d", round, b.Len(), b.Size(), len(frames), want.Len())
+		}
+		var got bytes.Buffer
+		if err := NewConn(nopCloser{&got}).WriteEncoded(&b); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.Bytes(), want.Bytes()) {
+			t.Fatalf("round %d: WriteEncoded wrote\n%q\nwant\n%q", round, got.Bytes(), want.Bytes())
+		}
+	}
+	var fe *FrameError
+	if err := b.Add(&Header{}, nil, DefaultMaxPayload); !errors.As(err, &fe) {
+		t.Errorf("Add of a header without type = %v, want a *FrameError", err)
+	}
+	if err := b.Add(&Header{Type: "x"}, make([]byte, 10), 5); !errors.As(err, &fe) || fe.Reason != FramePayloadTooLarge {
+		t.Errorf("Add of a payload over the limit = %v", err)
+	}
+	if b.Len() != len(frames) {
+		t.Errorf("refused frames were added: Len %d", b.Len())
+	}
+}

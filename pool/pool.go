@@ -14,7 +14,6 @@ import (
 
 	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/ipc"
-	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/sched"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -31,7 +30,6 @@ type Pool struct {
 
 	mu         sync.Mutex
 	queue      *sched.Queue[*Task]
-	byID       map[uint64]*Task
 	slots      map[*slot]struct{}
 	idle       []*slot
 	starting   int
@@ -52,6 +50,10 @@ type Pool struct {
 	// each peer uid's tasks queued or running.
 	queuedBytes int64
 	inflight    map[uint32]int
+	// Returning memory after bursts (memory.go).
+	scavengeAt  int
+	returning   bool
+	returnAgain time.Duration // a request that came while returning: its delay (> 0)
 
 	wg sync.WaitGroup // slot goroutines
 }
@@ -83,7 +85,7 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 	}
 	p := &Pool{
 		cfg: cfg, group: g, ctrl: ctrl, limits: lim, log: log.With("pool", cfg.Name), base: base, euid: uint32(os.Geteuid()),
-		queue: sched.New[*Task](cfg.MaxBacklog), byID: map[uint64]*Task{}, slots: map[*slot]struct{}{}, inflight: map[uint32]int{},
+		queue: sched.New[*Task](cfg.MaxBacklog), slots: map[*slot]struct{}{}, inflight: map[uint32]int{}, scavengeAt: scavengeMin,
 		spares: make(chan *incarnation, max(cfg.SpareWorkers, 0)),
 		env:    maps.Clone(cfg.Env), stopCh: make(chan struct{}), room: make(chan struct{}),
 	}
@@ -150,7 +152,7 @@ func (p *Pool) submitLocked(ctx context.Context, spec Spec, notify func(Event)) 
 			err = sched.ErrFull // the backlog's bytes are full: as good as its count
 		}
 		p.nextID++
-		t := &Task{id: p.nextID, spec: spec, notify: notify, size: size}
+		t := &Task{id: p.nextID, pool: p, spec: spec, notify: notify}
 		it := sched.Item[*Task]{ID: t.id, Priority: spec.Priority, Client: spec.Client, Value: t}
 		if spec.QueueTimeout > 0 {
 			it.Deadline = time.Now().Add(spec.QueueTimeout)
@@ -178,8 +180,8 @@ func (p *Pool) submitLocked(ctx context.Context, spec Spec, notify func(Event)) 
 			p.stats.TasksRejected++
 			return nil, nil, errInvalid("%v", err)
 		}
-		p.byID[t.id] = t
 		p.queuedBytes += size
+		p.queueGrewLocked()
 		if spec.Peer != nil {
 			p.inflight[spec.Peer.UID]++
 		}
@@ -445,7 +447,6 @@ func (p *Pool) endLocked(t *Task, o *Outcome) {
 		p.leaveQueueLocked(t)
 	}
 	t.state = done
-	delete(p.byID, t.id)
 	if t.spec.Peer != nil {
 		if p.inflight[t.spec.Peer.UID]--; p.inflight[t.spec.Peer.UID] <= 0 {
 			delete(p.inflight, t.spec.Peer.UID)
@@ -457,8 +458,8 @@ func (p *Pool) endLocked(t *Task, o *Outcome) {
 // leaveQueueLocked gives back the backlog bytes of a task that leaves the
 // queue (to start, or to end).
 func (p *Pool) leaveQueueLocked(t *Task) {
-	p.queuedBytes -= t.size
-	t.size = 0
+	p.queuedBytes -= t.spec.size()
+	p.queueShrankLocked()
 }
 
 // countLocked updates the statistics for a terminal outcome. Anything but
@@ -490,28 +491,35 @@ func (p *Pool) countLocked(o *Outcome) {
 // false and "done".
 func (p *Pool) Cancel(id uint64, hard bool) (ok bool, state string) {
 	p.mu.Lock()
-	t := p.byID[id]
-	if t == nil {
-		p.mu.Unlock()
-		return false, "done"
-	}
-	switch t.state {
-	case queued:
-		p.queue.Remove(id)
+	if it, queued := p.queue.Remove(id); queued {
+		t := it.Value
 		p.signalRoomLocked()
 		p.endLocked(t, &Outcome{Kind: Cancelled})
 		p.mu.Unlock()
 		t.notify(Event{Outcome: &Outcome{Kind: Cancelled, Message: "cancelled before it started"}})
 		return true, "queued"
-	case running:
-		if hard {
-			p.killTaskLocked(t, oomwatch.Cancel)
+	}
+	for s := range p.slots {
+		if t := s.task; t != nil && t.id == id && t.state == running {
+			if hard {
+				p.killTaskLocked(t, killedCancel)
+			}
+			p.mu.Unlock()
+			return hard, "running"
 		}
-		p.mu.Unlock()
-		return hard, "running"
 	}
 	p.mu.Unlock()
 	return false, "done"
+}
+
+// runningLocked calls f for each running task: the tasks of the slots
+// (a task leaves the queue and becomes its slot's under one hold of p.mu).
+func (p *Pool) runningLocked(f func(*Task)) {
+	for s := range p.slots {
+		if t := s.task; t != nil && t.state == running {
+			f(t)
+		}
+	}
 }
 
 // ForgetClient applies the disconnect policy to a client's tasks.
@@ -522,11 +530,11 @@ func (p *Pool) ForgetClient(client uint64) {
 	p.mu.Lock()
 	cancelled := p.dequeuedLocked(p.queue.RemoveClient(client), Cancelled)
 	if p.cfg.OnDisconnect == Terminate {
-		for _, t := range p.byID {
+		p.runningLocked(func(t *Task) {
 			if t.spec.Client == client {
-				p.killTaskLocked(t, oomwatch.Cancel)
+				p.killTaskLocked(t, killedCancel)
 			}
-		}
+		})
 	}
 	p.mu.Unlock()
 	for _, t := range cancelled {
@@ -726,9 +734,7 @@ func (p *Pool) deadlinePassed() {
 }
 
 func (p *Pool) killRunningLocked() {
-	for _, t := range p.byID {
-		p.killTaskLocked(t, oomwatch.Cancel)
-	}
+	p.runningLocked(func(t *Task) { p.killTaskLocked(t, killedCancel) })
 }
 
 // Wait blocks until every slot goroutine has exited after Shutdown, then

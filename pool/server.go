@@ -214,8 +214,8 @@ func (s *Server) accept(c *net.UnixConn) {
 		s.refuse(c, uid, why)
 		return
 	}
-	sc := &serverConn{s: s, nc: c, c: ipc.NewConn(c, ipc.Options{BufferSize: connBuffer}), uid: uid, gid: gid, tasks: map[uint64]*connTask{}, pools: map[*Pool]bool{},
-		gate: make(chan struct{}), wake: make(chan struct{}, 1), writerDone: make(chan struct{})}
+	sc := &serverConn{s: s, nc: c, c: ipc.NewConn(c, ipc.Options{BufferSize: connBuffer}), uid: uid, gid: gid, tasks: map[uint64]*Task{}, pending: map[uint64]*connTask{}, pools: map[*Pool]bool{},
+		gate: make(chan struct{}), outbox: new(ipc.Batch), wake: make(chan struct{}, 1), writerDone: make(chan struct{})}
 	sc.admin = s.isAdmin(c, uid, gid)
 	sc.lazy = time.AfterFunc(time.Hour, sc.lazyDue)
 	sc.lazy.Stop()
@@ -309,7 +309,8 @@ type serverConn struct {
 	nTasks atomic.Int32 // len(tasks), read without mu by write
 
 	mu        sync.Mutex
-	tasks     map[uint64]*connTask // by client id, until the final message is queued
+	tasks     map[uint64]*Task     // accepted submissions by client id, until the final message is queued
+	pending   map[uint64]*connTask // submissions not answered yet, by client id
 	pools     map[*Pool]bool
 	held      []func()      // held submissions not yet taken, in arrival order
 	heldN     int           // held submissions, waiting or being taken
@@ -327,28 +328,27 @@ type serverConn struct {
 	gmu  sync.Mutex
 	gate chan struct{}
 
-	omu        sync.Mutex
-	outbox     []ipc.Frame
-	obytes     int64         // bytes in outbox and in the batch being written
-	writing    bool          // the writer is sending a batch taken from the outbox
-	wake       chan struct{} // cap 1
-	closing    bool
-	writerDone chan struct{}
-	lazy       *time.Timer // kicks the writer for frames that may wait (writeLazy)
-	lazyArmed  bool
+	omu          sync.Mutex
+	outbox       *ipc.Batch    // frames queued for the client, encoded
+	spare        *ipc.Batch    // the writer's last batch, emptied, for the next outbox
+	obytes       int64         // bytes in outbox and in the batch being written
+	writingBytes int64         // those of the batch being written
+	scratch      ipc.Header    // the header being encoded (omu)
+	writing      bool          // the writer is sending a batch taken from the outbox
+	wake         chan struct{} // cap 1
+	closing      bool
+	writerDone   chan struct{}
+	lazy         *time.Timer // kicks the writer for frames that may wait (writeLazy)
+	lazyArmed    bool
 }
 
+// connTask is a submission that its pool has not answered yet (it is
+// held, or being submitted). Guarded by serverConn.mu. Once accepted, the
+// connection keeps the *Task alone.
 type connTask struct {
-	pool   *Pool
-	task   *Task              // nil until the pool accepted it (held, or being submitted)
-	cancel context.CancelFunc // ends a hold
-	// Guarded by serverConn.mu. sent: "accepted" is queued, so the task's
-	// events are queued as they come; before that they wait in early.
-	// cancelReq: a cancel that came while the task was held, answered once
-	// its fate is known.
-	sent      bool
-	early     []Event
-	cancelReq *ipc.Header
+	early     []Event            // the task's events before "accepted": they go out after it
+	cancel    context.CancelFunc // ends a hold; nil if not held
+	cancelReq *ipc.Header        // a cancel that came while it was held
 }
 
 func (sc *serverConn) serve() {
@@ -455,59 +455,82 @@ func (sc *serverConn) writeErr(id uint64, code, msg string) {
 	sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeError, ID: id, Code: code, Message: msg}})
 }
 
-// frameBytes estimates what a frame costs in the outbox.
-func frameBytes(f *ipc.Frame) int64 {
-	h := &f.Header
-	return int64(len(f.Payload)+len(h.Message)+len(h.Traceback)+len(h.Stats)+len(h.Status)+len(h.Leaf)) + 128
-}
-
 // write queues frames for the client, in order, without ever blocking on
-// its socket. When the client has few tasks in flight, it writes at once
-// from the calling goroutine, with whatever waits in the outbox before it,
-// if the writer goroutine is not busy and the socket has room: waking the
-// writer would cost more than the write. Otherwise the frames go through
-// the outbox, and the writer sends the frames that piled up meanwhile in
-// one write (with many tasks in flight that batching is worth more). A
-// client whose outbox grows past MaxOutboxBytes is disconnected.
+// its socket: they are encoded onto the outbox at once. When the client
+// has few tasks in flight, it writes at once from the calling goroutine,
+// with whatever waits in the outbox before it, if the writer goroutine is
+// not busy and the socket has room: waking the writer would cost more than
+// the write. Otherwise the writer sends what piled up meanwhile in one
+// write (with many tasks in flight that batching is worth more). A client
+// whose outbox grows past MaxOutboxBytes is disconnected.
 func (sc *serverConn) write(frames ...ipc.Frame) {
 	quiet := sc.nTasks.Load() <= quietTasks
 	sc.omu.Lock()
-	if sc.closing {
+	if !sc.enqueueLocked(frames) {
 		sc.omu.Unlock()
-		return // the client is gone
-	}
-	for i := range frames {
-		sc.outbox = append(sc.outbox, frames[i])
-		sc.obytes += frameBytes(&frames[i])
-	}
-	if sc.obytes > sc.s.o.MaxOutboxBytes {
-		n := sc.obytes
-		sc.outbox, sc.closing = nil, true
-		sc.signalRoomLocked()
-		sc.omu.Unlock()
-		sc.s.dropped.Add(1)
-		sc.s.log.Warn("disconnecting a client that does not take its replies", "client", sc.client, "uid", sc.uid, "queued_bytes", n, "limit", sc.s.o.MaxOutboxBytes)
-		sc.c.Close() // unblocks the reader: this client is gone
-		sc.kick()
 		return
 	}
-	if quiet && !sc.writing && len(sc.outbox) <= inlineFrames {
-		ok, err := sc.c.TryWriteBatch(sc.outbox)
+	if quiet && !sc.writing && sc.outbox.Len() <= inlineFrames {
+		ok, err := sc.c.TryWriteEncoded(sc.outbox)
 		if err != nil {
-			sc.outbox, sc.obytes = nil, 0
+			sc.outbox.Reset()
+			sc.obytes = 0
 			sc.signalRoomLocked()
 			sc.omu.Unlock()
 			sc.writeFailed(err)
 			return
 		}
 		if ok {
-			sc.outbox, sc.obytes = nil, 0
+			sc.outbox.Reset()
+			sc.obytes = 0
 			sc.signalRoomLocked()
 			sc.omu.Unlock()
 			return
 		}
 	}
 	sc.omu.Unlock()
+	sc.kick()
+}
+
+// enqueueLocked encodes frames onto the outbox; false if the client is
+// gone (or just went: past the outbox bound, or a frame of ours that does
+// not encode). sc.omu must be held.
+func (sc *serverConn) enqueueLocked(frames []ipc.Frame) bool {
+	if sc.closing {
+		return false // the client is gone
+	}
+	max := sc.c.MaxPayload()
+	for i := range frames {
+		// Encoded from a copy of ours: a header handed to the encoder
+		// escapes to the heap, and every frame's would be garbage.
+		sc.scratch = frames[i].Header
+		if err := sc.outbox.Add(&sc.scratch, frames[i].Payload, max); err != nil {
+			// A frame of ours that does not encode is a bug, not the
+			// client's fault; the connection cannot go on without it.
+			sc.s.log.Error("could not encode a frame for a client", "client", sc.client, "type", frames[i].Header.Type, "err", err)
+			sc.dropLocked()
+			return false
+		}
+	}
+	sc.obytes = sc.outbox.Size() + sc.writingBytes
+	if sc.obytes > sc.s.o.MaxOutboxBytes {
+		sc.s.dropped.Add(1)
+		sc.s.log.Warn("disconnecting a client that does not take its replies", "client", sc.client, "uid", sc.uid, "queued_bytes", sc.obytes, "limit", sc.s.o.MaxOutboxBytes)
+		sc.dropLocked()
+		return false
+	}
+	return true
+}
+
+// dropLocked gives up on the client at once: what is queued for it is
+// dropped and the connection closed (which ends its reader). sc.omu must
+// be held.
+func (sc *serverConn) dropLocked() {
+	sc.outbox.Reset()
+	sc.closing = true
+	sc.obytes = sc.writingBytes
+	sc.signalRoomLocked()
+	sc.c.Close()
 	sc.kick()
 }
 
@@ -562,6 +585,9 @@ func (sc *serverConn) waitRoom() {
 	}
 }
 
+// maxSpareBytes bounds the outbox buffers a connection keeps for reuse.
+const maxSpareBytes = 256 << 10
+
 // inlineFrames bounds the frames write sends from the caller's goroutine:
 // a longer outbox means a client that does not keep up, whose frames the
 // writer sends in batches.
@@ -583,12 +609,8 @@ const lazyGrace = 5 * time.Millisecond
 func (sc *serverConn) writeLazy(frames ...ipc.Frame) {
 	sc.omu.Lock()
 	defer sc.omu.Unlock()
-	if sc.closing {
+	if !sc.enqueueLocked(frames) {
 		return
-	}
-	for i := range frames {
-		sc.outbox = append(sc.outbox, frames[i])
-		sc.obytes += frameBytes(&frames[i])
 	}
 	if !sc.lazyArmed {
 		sc.lazyArmed = true
@@ -659,27 +681,33 @@ func (sc *serverConn) writer() {
 	for range sc.wake {
 		sc.omu.Lock()
 		batch, closing := sc.outbox, sc.closing
-		sc.outbox = nil
-		sc.writing = len(batch) > 0
+		// Two batches take turns, their buffers reused: a fresh outbox for
+		// every write was most of the garbage a busy connection made.
+		sc.outbox, sc.spare = sc.spare, nil
+		if sc.outbox == nil {
+			sc.outbox = new(ipc.Batch)
+		}
+		sc.writing = batch.Len() > 0
+		sc.writingBytes = batch.Size()
 		sc.omu.Unlock()
-		if len(batch) > 0 {
-			var n int64
-			for i := range batch {
-				n += frameBytes(&batch[i])
-			}
+		if batch.Len() > 0 {
 			sc.nc.SetWriteDeadline(time.Now().Add(sc.s.o.WriteTimeout))
-			if err := sc.c.WriteBatch(batch); err != nil {
+			if err := sc.c.WriteEncoded(batch); err != nil {
 				sc.writeFailed(err)
 			}
-			sc.omu.Lock()
-			sc.writing = false
-			sc.obytes = max(sc.obytes-n, 0)
-			sc.signalRoomLocked()
-			more := len(sc.outbox) > 0
-			sc.omu.Unlock()
-			if more {
-				sc.kick()
-			}
+		}
+		batch.Reset()
+		sc.omu.Lock()
+		if batch.Capacity() <= maxSpareBytes {
+			sc.spare = batch
+		}
+		sc.writing, sc.writingBytes = false, 0
+		sc.obytes = sc.outbox.Size()
+		sc.signalRoomLocked()
+		more := sc.outbox.Len() > 0
+		sc.omu.Unlock()
+		if more {
+			sc.kick()
 		}
 		if closing {
 			return
@@ -697,24 +725,21 @@ func (sc *serverConn) identity() *Identity {
 }
 
 func (sc *serverConn) submit(h ipc.Header, payload []byte) {
-	reject := func(reason, msg string) {
-		sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeRejected, ID: h.ID, Reason: reason, Message: msg}})
-	}
 	p, err := sc.s.sup.Pool(h.Pool)
 	if err != nil {
-		reject(ipc.RejectUnknownPool, err.Error())
+		sc.reject(h.ID, ipc.RejectUnknownPool, err.Error())
 		return
 	}
 	sc.mu.Lock()
-	if _, live := sc.tasks[h.ID]; live {
+	_, live := sc.tasks[h.ID]
+	if _, pending := sc.pending[h.ID]; live || pending {
 		sc.mu.Unlock()
-		reject(ipc.RejectInvalid, "id is still live on this connection")
+		sc.reject(h.ID, ipc.RejectInvalid, "id is still live on this connection")
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ct := &connTask{pool: p, cancel: cancel}
-	sc.tasks[h.ID] = ct
-	sc.nTasks.Store(int32(len(sc.tasks)))
+	ct := &connTask{}
+	sc.pending[h.ID] = ct
+	sc.countTasksLocked()
 	sc.pools[p] = true
 	if h.Hold {
 		sc.heldN++
@@ -726,82 +751,104 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		Timeout: time.Duration(h.TimeoutMS) * time.Millisecond, QueueTimeout: time.Duration(h.QueueTimeoutMS) * time.Millisecond,
 		MemoryMax: h.MemoryMax, Client: sc.client, Hold: h.Hold, Peer: sc.identity(), Affinity: h.Affinity,
 	}
+	if !h.Hold {
+		sc.enter(context.Background(), h.ID, p, ct, &spec)
+		return
+	}
+	// Only a held submission can be cancelled before the pool has it.
+	ctx, cancel := context.WithCancel(context.Background())
+	ct.cancel = cancel
 	id := h.ID
-	notify := func(e Event) {
+	sc.hold(func() { sc.enter(ctx, id, p, ct, &spec) })
+}
+
+func (sc *serverConn) reject(id uint64, reason, msg string) {
+	sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeRejected, ID: id, Reason: reason, Message: msg}})
+}
+
+func (sc *serverConn) countTasksLocked() { sc.nTasks.Store(int32(len(sc.tasks) + len(sc.pending))) }
+
+// notifier is how a task's events reach its connection: they wait behind
+// "accepted" while the submission is pending, and are queued in order
+// after it. It captures only what it needs (a queued task's closure is
+// part of what a backlog costs).
+func (sc *serverConn) notifier(id uint64) func(Event) {
+	return func(e Event) {
 		sc.mu.Lock()
 		defer sc.mu.Unlock()
-		if !ct.sent { // before "accepted": it goes out after it
+		if ct := sc.pending[id]; ct != nil {
 			ct.early = append(ct.early, e)
 			return
 		}
 		sc.writeEventLocked(id, e)
 	}
-	do := func() {
-		var t *Task
-		err := ctx.Err() // cancelled while waiting its turn among the held
-		sc.mu.Lock()
-		if sc.gone {
-			err = context.Canceled
-		}
+}
+
+// enter submits a pending submission to its pool (a held one waits there
+// for room, until ctx ends) and answers: "accepted" and whatever happened
+// to the task meanwhile, or its refusal; and a cancel that came while it
+// was held.
+func (sc *serverConn) enter(ctx context.Context, id uint64, p *Pool, ct *connTask, spec *Spec) {
+	var t *Task
+	err := ctx.Err() // cancelled while waiting its turn among the held
+	sc.mu.Lock()
+	if sc.gone {
+		err = context.Canceled
+	}
+	sc.mu.Unlock()
+	if err == nil {
+		t, err = p.Submit(ctx, *spec, sc.notifier(id))
+	}
+	if ct.cancel != nil {
+		ct.cancel() // the hold is over; a later cancel goes to the pool
+	}
+	sc.mu.Lock()
+	if spec.Hold {
+		sc.heldN--
+		sc.heldBytes -= int64(len(spec.Payload))
+		sc.openGate()
+	}
+	req := ct.cancelReq
+	delete(sc.pending, id)
+	if err != nil {
+		sc.countTasksLocked()
 		sc.mu.Unlock()
-		if err == nil {
-			t, err = p.Submit(ctx, spec, notify)
-		}
-		cancel() // the hold is over; a later cancel goes to the pool
-		sc.mu.Lock()
-		if h.Hold {
-			sc.heldN--
-			sc.heldBytes -= int64(len(payload))
-			sc.openGate()
-		}
-		req := ct.cancelReq
-		ct.cancelReq = nil
-		if err != nil {
-			sc.forgetLocked(id)
-			sc.mu.Unlock()
-			if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-				if req != nil {
-					sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeCancelReply, ID: id, OK: true, State: ipc.StateQueued}})
-				}
-				sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeCancelled, ID: id, Message: "cancelled while waiting for room in the backlog"}})
-				return
-			}
-			var re *RejectError
-			reason := ipc.RejectInvalid
-			if errors.As(err, &re) {
-				reason = re.Reason
-			}
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 			if req != nil {
-				sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeCancelReply, ID: id, State: ipc.StateDone}})
+				sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeCancelReply, ID: id, OK: true, State: ipc.StateQueued}})
 			}
-			reject(reason, err.Error())
+			sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeCancelled, ID: id, Message: "cancelled while waiting for room in the backlog"}})
 			return
 		}
-		// "accepted", then what happened to the task meanwhile, in order,
-		// all queued under sc.mu so that no later event overtakes them.
-		ct.task, ct.sent = t, true
-		early := ct.early
-		ct.early = nil
-		accepted := ipc.Frame{Header: ipc.Header{Type: ipc.TypeAccepted, ID: id}}
-		if len(early) == 1 && early[0].Running {
-			// Started at once: both may wait a little for the answer.
-			sc.writeLazy(accepted, ipc.Frame{Header: ipc.Header{Type: ipc.TypeRunning, ID: id, PID: early[0].Pid, Leaf: early[0].Leaf}})
-		} else {
-			sc.write(accepted)
-			for _, e := range early {
-				sc.writeEventLocked(id, e)
-			}
+		var re *RejectError
+		reason := ipc.RejectInvalid
+		if errors.As(err, &re) {
+			reason = re.Reason
 		}
-		sc.mu.Unlock()
-		if req != nil { // a cancel came while the submission was held
-			sc.answerCancel(req, p, t)
+		if req != nil {
+			sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeCancelReply, ID: id, State: ipc.StateDone}})
 		}
-	}
-	if h.Hold {
-		sc.hold(do)
+		sc.reject(id, reason, err.Error())
 		return
 	}
-	do()
+	// "accepted", then what happened to the task meanwhile, in order, all
+	// queued under sc.mu so that no later event overtakes them.
+	sc.tasks[id] = t
+	sc.countTasksLocked()
+	accepted := ipc.Frame{Header: ipc.Header{Type: ipc.TypeAccepted, ID: id}}
+	if early := ct.early; len(early) == 1 && early[0].Running {
+		// Started at once: both may wait a little for the answer.
+		sc.writeLazy(accepted, ipc.Frame{Header: ipc.Header{Type: ipc.TypeRunning, ID: id, PID: early[0].Pid, Leaf: early[0].Leaf}})
+	} else {
+		sc.write(accepted)
+		for _, e := range early {
+			sc.writeEventLocked(id, e)
+		}
+	}
+	sc.mu.Unlock()
+	if req != nil { // a cancel came while the submission was held
+		sc.answerCancel(req, t)
+	}
 }
 
 // writeEventLocked queues the frame of one of a task's events; the final
@@ -850,7 +897,7 @@ func (sc *serverConn) hold(do func()) {
 
 func (sc *serverConn) forgetLocked(id uint64) {
 	delete(sc.tasks, id)
-	sc.nTasks.Store(int32(len(sc.tasks)))
+	sc.countTasksLocked()
 }
 
 // cancel serves a cancel request. Ids are per connection, so a peer can
@@ -860,27 +907,28 @@ func (sc *serverConn) forgetLocked(id uint64) {
 // meanwhile, cancels it there and answers with what the pool says.
 func (sc *serverConn) cancel(h ipc.Header) {
 	sc.mu.Lock()
-	ct := sc.tasks[h.ID]
+	t, ct := sc.tasks[h.ID], sc.pending[h.ID]
 	switch {
-	case ct == nil:
-		// Finished, or never submitted here: the connection keeps no
-		// history, so both read "unknown" unless the id is live.
+	case t != nil:
 		sc.mu.Unlock()
-		sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeCancelReply, ID: h.ID, State: ipc.StateUnknown}})
-	case ct.task == nil:
+		sc.answerCancel(&h, t)
+	case ct != nil && ct.cancel != nil:
 		ct.cancelReq = &h
 		sc.mu.Unlock()
 		ct.cancel() // a held submission: it ends with "cancelled", unless the pool has it already
 	default:
-		t := ct.task
+		// Finished, or never submitted here: the connection keeps no
+		// history, so both read "unknown" unless the id is live. (A
+		// pending submission that is not held is one the reader is still
+		// submitting: it cannot have read this cancel yet.)
 		sc.mu.Unlock()
-		sc.answerCancel(&h, ct.pool, t)
+		sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeCancelReply, ID: h.ID, State: ipc.StateUnknown}})
 	}
 }
 
-func (sc *serverConn) answerCancel(h *ipc.Header, p *Pool, t *Task) {
+func (sc *serverConn) answerCancel(h *ipc.Header, t *Task) {
 	reply := ipc.Header{Type: ipc.TypeCancelReply, ID: h.ID}
-	reply.OK, reply.State = p.Cancel(t.ID(), h.Mode == ipc.CancelHard)
+	reply.OK, reply.State = t.pool.Cancel(t.ID(), h.Mode == ipc.CancelHard)
 	sc.write(ipc.Frame{Header: reply})
 }
 
@@ -930,8 +978,8 @@ func (sc *serverConn) report(h ipc.Header) {
 func (sc *serverConn) disconnected() {
 	sc.mu.Lock()
 	sc.gone = true
-	for _, ct := range sc.tasks {
-		if ct.task == nil {
+	for _, ct := range sc.pending {
+		if ct.cancel != nil {
 			ct.cancel()
 		}
 	}

@@ -35,6 +35,7 @@ type slot struct {
 	state      string      // starting, idle, busy, retiring
 	waitW      *workerProc // set while idle and waiting on this worker's socket (wake with wakeLocked)
 	task       *Task
+	taskStart  time.Time // when task started here: its run time for the Observer (kept off Task, which a backlog holds by the million)
 	alive      bool
 	pid        int
 	name       string
@@ -593,8 +594,8 @@ func (s *slot) takeLocked(t *Task) {
 		s.owner = &o
 	}
 	p.leaveQueueLocked(t)
-	t.state, t.slot, t.started = running, s, time.Now()
-	s.task, s.state = t, "busy"
+	t.state, t.slot = running, s
+	s.task, s.state, s.taskStart = t, "busy", time.Now()
 	p.stats.TasksLaunched++
 	busy := int64(0)
 	for o := range p.slots {
@@ -693,13 +694,14 @@ func (s *slot) finish(t *Task, o *Outcome) {
 	p := s.p
 	p.mu.Lock()
 	p.endLocked(t, o)
+	run := time.Since(s.taskStart)
 	s.task = nil
 	s.tasksDone++
 	if s.state == "busy" {
 		s.state = "idle"
 	}
 	p.mu.Unlock()
-	p.observer().TaskEnded(p.cfg.Name, o.Kind, string(o.Reason), time.Since(t.started))
+	p.observer().TaskEnded(p.cfg.Name, o.Kind, string(o.Reason), run)
 	t.notify(Event{Outcome: o})
 }
 
@@ -855,17 +857,17 @@ func taskHeader(t *Task) ipc.Header {
 func (p *Pool) killReason(t *Task) oomwatch.Reason {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return t.killReason
+	return t.kill.reason()
 }
 
 // killTaskLocked kills a running task's slot group, once, recording why.
 // The slot cannot finish the task while p.mu is held, so the kill always
 // hits the group the task runs in.
-func (p *Pool) killTaskLocked(t *Task, why oomwatch.Reason) {
-	if t.state != running || t.killReason != "" {
+func (p *Pool) killTaskLocked(t *Task, why killKind) {
+	if t.state != running || t.kill != notKilled {
 		return
 	}
-	t.killReason = why
+	t.kill = why
 	if err := t.slot.group.Kill(); err != nil {
 		p.log.Error("cgroup.kill failed", "slot", t.slot.group.Path(), "err", err)
 	}
@@ -879,7 +881,7 @@ func (p *Pool) armTimeout(t *Task) (stop func() bool) {
 	}
 	return time.AfterFunc(t.spec.Timeout, func() {
 		p.mu.Lock()
-		p.killTaskLocked(t, oomwatch.Timeout)
+		p.killTaskLocked(t, killedTimeout)
 		p.mu.Unlock()
 	}).Stop
 }

@@ -101,7 +101,7 @@ type Event struct {
 	Outcome *Outcome // set on Done
 }
 
-type taskState int
+type taskState uint8
 
 const (
 	queued taskState = iota
@@ -109,20 +109,39 @@ const (
 	done
 )
 
-// Task is an accepted submission. Its fields are guarded by its pool's mutex.
+// Task is an accepted submission. Its fields are guarded by its pool's
+// mutex. A queued task is most of what a backlog costs: keep it small.
 type Task struct {
 	id     uint64
+	pool   *Pool
 	spec   Spec
 	notify func(Event)
-	state  taskState
 	slot   *slot
-	// killReason is why we killed the task's group (timeout, cancel), or "".
-	killReason oomwatch.Reason
-	started    time.Time
 	// stop disarms the task's timeout; set by whoever starts the task.
-	stop func() bool
-	// size is the backlog bytes the task holds while it is queued.
-	size int64
+	stop  func() bool
+	state taskState
+	// kill is why we killed the task's group (killReason tells it as
+	// oomwatch does), or 0.
+	kill killKind
+}
+
+// killKind is why the supervisor killed a task's group.
+type killKind uint8
+
+const (
+	notKilled killKind = iota
+	killedTimeout
+	killedCancel
+)
+
+func (k killKind) reason() oomwatch.Reason {
+	switch k {
+	case killedTimeout:
+		return oomwatch.Timeout
+	case killedCancel:
+		return oomwatch.Cancel
+	}
+	return oomwatch.None
 }
 
 // ID returns the pool-wide id of the task.
