@@ -28,8 +28,15 @@ type Metrics struct {
 
 	taskRun, spawn, empty *prometheus.HistogramVec
 
-	mu  sync.Mutex
-	src Source
+	mu     sync.Mutex
+	src    Source
+	server ServerSource
+}
+
+// ServerSource is what Metrics reads of the client server at scrape
+// time: a *pool.Server.
+type ServerSource interface {
+	Stats() pool.ServerStats
 }
 
 // New returns a registry with cgpool's metrics and client_golang's process
@@ -71,6 +78,16 @@ func (m *Metrics) Watch(src Source) {
 	m.mu.Unlock()
 }
 
+// WatchServer makes srv the server whose counters (connections open,
+// refused, failed handshakes, dropped slow clients, accept errors) a scrape
+// reads. Before it, no cgpool_server_ metric is exported: a supervisor
+// embedded without a socket (cgpool run) has none.
+func (m *Metrics) WatchServer(srv ServerSource) {
+	m.mu.Lock()
+	m.server = srv
+	m.mu.Unlock()
+}
+
 // TaskEnded implements pool.Observer.
 func (m *Metrics) TaskEnded(p string, kind pool.OutcomeKind, reason string, run time.Duration) {
 	m.taskRun.WithLabelValues(p, string(kind), reason).Observe(run.Seconds())
@@ -105,6 +122,12 @@ var (
 	descLeftover = prometheus.NewDesc("cgpool_leftover_processes_killed_total", "Processes a finished task left in its slot, killed with the slot.", []string{"pool"}, nil)
 	descMem      = prometheus.NewDesc("cgpool_slot_memory_bytes", "memory.current of a worker slot's cgroup (the worker and everything it started). Absent where the memory controller is not available.", []string{"pool", "slot"}, nil)
 	descPeak     = prometheus.NewDesc("cgpool_slot_memory_peak_bytes", "memory.peak of a worker slot's cgroup since the slot was created (Linux 5.19+). Absent where unknown.", []string{"pool", "slot"}, nil)
+
+	descConns       = prometheus.NewDesc("cgpool_server_connections", "Client connections open on the supervisor's socket (handshaking ones included).", nil, nil)
+	descRefused     = prometheus.NewDesc("cgpool_server_connections_refused_total", "Connections refused because the server's max_connections or one uid's max_connections_per_uid was reached.", nil, nil)
+	descHandshake   = prometheus.NewDesc("cgpool_server_handshake_failures_total", "Connections closed because no valid hello came within the handshake timeout (wrong protocol version, garbage, silence).", nil, nil)
+	descDropped     = prometheus.NewDesc("cgpool_server_slow_clients_dropped_total", "Clients disconnected because they did not take their replies (outbox full, or nothing taken within the write timeout).", nil, nil)
+	descAcceptError = prometheus.NewDesc("cgpool_server_accept_errors_total", "Temporary accept errors (EMFILE, ENFILE, ENOMEM...) the server backed off from.", nil, nil)
 )
 
 // processErrorReasons are the failure reasons that are process errors;
@@ -112,23 +135,34 @@ var (
 var processErrorReasons = map[string]bool{"oom": true, "killed": true, "crashed": true}
 
 func (s *stats) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTasks, descReceived, descStarted, descRejected, descQueued, descWorkers, descMax, descCreated, descStartErr, descRetired, descLeftover, descMem, descPeak} {
+	for _, d := range []*prometheus.Desc{descTasks, descReceived, descStarted, descRejected, descQueued, descWorkers, descMax, descCreated, descStartErr, descRetired, descLeftover, descMem, descPeak,
+		descConns, descRefused, descHandshake, descDropped, descAcceptError} {
 		ch <- d
 	}
 }
 
 func (s *stats) Collect(ch chan<- prometheus.Metric) {
 	s.mu.Lock()
-	src := s.src
+	src, server := s.src, s.server
 	s.mu.Unlock()
-	if src == nil {
-		return
-	}
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
+	}
+	if server != nil {
+		st := server.Stats()
+		gauge(descConns, int64(st.Connections))
+		for _, c := range []struct {
+			d *prometheus.Desc
+			v uint64
+		}{{descRefused, st.ConnectionsRefused}, {descHandshake, st.HandshakeFailures}, {descDropped, st.SlowClientsDropped}, {descAcceptError, st.AcceptErrors}} {
+			ch <- prometheus.MustNewConstMetric(c.d, prometheus.CounterValue, float64(c.v))
+		}
+	}
+	if src == nil {
+		return
 	}
 	for _, name := range src.Pools() {
 		p, err := src.Pool(name)

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cgpool/cgpool/internal/kerneltest"
+	"github.com/cgpool/cgpool/ipc"
 	"github.com/cgpool/cgpool/pool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
@@ -328,5 +330,103 @@ func TestCheckAddr(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("CheckAddr(%q, %v) = %q, %v; want %q", tc.addr, tc.remote, got, err, tc.want)
 		}
+	}
+}
+
+// TestServerMetrics: the client server's own counters (pool.Server.Stats)
+// are exported, and move: an open connection, one refused over
+// max_connections, one closed for a missing hello.
+func TestServerMetrics(t *testing.T) {
+	root := kerneltest.NewRoot(t)
+	sup, err := pool.NewSupervisor(root, []pool.Config{{Name: "m", Kind: pool.KindExec, MaxWorkers: 1}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true}); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := ipc.Listen(sock, ipc.ListenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := pool.NewServer(sup, ln, pool.ServerOptions{MaxConns: 1, HandshakeTimeout: 300 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	m := New()
+	hs := httptest.NewServer(m.Handler(nil))
+	defer hs.Close()
+	if _, ok := scrape(t, hs.URL)["cgpool_server_connections"]; ok {
+		t.Errorf("cgpool_server_connections before WatchServer: want none (cgpool run has no server)")
+	}
+	m.WatchServer(srv)
+
+	names := []string{"cgpool_server_connections", "cgpool_server_connections_refused_total",
+		"cgpool_server_handshake_failures_total", "cgpool_server_slow_clients_dropped_total", "cgpool_server_accept_errors_total"}
+	// waitFor scrapes until every named value is as wanted.
+	waitFor := func(what string, want map[string]float64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			fams := scrape(t, hs.URL)
+			got := map[string]float64{}
+			ok := true
+			for _, name := range names {
+				v, found := value(fams, name, nil)
+				if !found {
+					t.Fatalf("%s: %s not exported", what, name)
+				}
+				got[name] = v
+				if w, care := want[name]; care && v != w {
+					ok = false
+				}
+			}
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: server metrics %v, want %v", what, got, want)
+			}
+			time.Sleep(20 * time.Millisecond) // polling a scrape, with a deadline
+		}
+	}
+	waitFor("no client yet", map[string]float64{names[0]: 0, names[1]: 0, names[2]: 0, names[3]: 0, names[4]: 0})
+
+	silent, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	waitFor("one client, no hello yet", map[string]float64{names[0]: 1, names[2]: 0})
+	over, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer over.Close()
+	waitFor("a second client over max_connections 1", map[string]float64{names[0]: 1, names[1]: 1})
+	// The silent client's handshake timeout (300 ms) closes it.
+	waitFor("the silent client past its handshake timeout", map[string]float64{names[0]: 0, names[1]: 1, names[2]: 1})
+
+	var ours []*dto.MetricFamily
+	for name, f := range scrape(t, hs.URL) {
+		if strings.HasPrefix(name, "cgpool_server_") {
+			ours = append(ours, f)
+		}
+	}
+	problems, err := promlint.NewWithMetricFamilies(ours).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pr := range problems {
+		t.Errorf("promlint: %s: %s", pr.Metric, pr.Text)
 	}
 }

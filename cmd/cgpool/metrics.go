@@ -50,6 +50,13 @@ func (ms *metricsServer) watch(sup *pool.Supervisor) {
 	}
 }
 
+// watchServer makes the endpoint read the client server's counters.
+func (ms *metricsServer) watchServer(srv *pool.Server) {
+	if ms != nil {
+		ms.m.WatchServer(srv)
+	}
+}
+
 // stop ends the endpoint and waits for it; idempotent for nil.
 func (ms *metricsServer) stop(log *slog.Logger) {
 	if ms == nil {

@@ -79,8 +79,23 @@ func TestServeMetrics(t *testing.T) {
 			t.Fatalf("cgpool submit: %v\n%s", err, out)
 		}
 	}
-	if s := get(); !strings.Contains(s, result+"2\n") || !strings.Contains(s, `cgpool_task_duration_seconds_count{outcome="result",pool="default",reason=""} 2`) {
+	s := get()
+	if !strings.Contains(s, result+"2\n") || !strings.Contains(s, `cgpool_task_duration_seconds_count{outcome="result",pool="default",reason=""} 2`) {
 		t.Errorf("after two tasks, metrics lack %q and a task duration count of 2:\n%s", result+"2", s)
+	}
+	// The server's own counters are exported; the two submits'
+	// connections, closed, are counted out (once the server has read
+	// their end).
+	for _, line := range []string{"cgpool_server_handshake_failures_total 0\n", "cgpool_server_connections_refused_total 0\n"} {
+		if !strings.Contains(s, line) {
+			t.Errorf("metrics lack the server's %q:\n%s", line, s)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(s, "cgpool_server_connections 0\n"); s = get() {
+		if time.Now().After(deadline) {
+			t.Fatalf("cgpool_server_connections is not 0 after both submits exited:\n%s", s)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a scrape, with a deadline
 	}
 }
 

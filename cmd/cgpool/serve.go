@@ -297,6 +297,7 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 	mx.watch(sup)
 	srv := pool.NewServer(sup, ln, pool.ServerOptions{Logger: log, AdminUIDs: fc.AdminUIDs, AdminGIDs: fc.AdminGIDs,
 		MaxConns: fc.MaxConnections, MaxConnsPerUID: fc.MaxConnectionsPerUID})
+	mx.watchServer(srv)
 	log.Info("cgpool serving", "socket", fc.Socket, "cgroup", root.Path(), "pools", sup.Pools(), "controllers", root.Controllers())
 	if ready {
 		fmt.Printf("ready %s\n", fc.Socket)
