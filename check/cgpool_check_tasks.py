@@ -79,11 +79,25 @@ def cgpool_nested(stuck):
 
 
 def b_pool(stuck):
+    # One apply_async per job and close() + join(), as Celery drives it;
+    # billiard 4.1.0's own shortcuts hang by themselves, with no cgpool
+    # involved (measured: /usr/bin/python3, 40 runs each, outside any pool):
+    # - map() over two workers credits every chunk to the first worker's
+    #   on_ready_counter (pool.py on_ready: next(iter(item.worker_pids()))),
+    #   so the other one waits 30 s in _ensure_messages_consumed before it
+    #   exits, and join() waits for it: 17 of 40 runs took over 10 s;
+    # - terminate() (what `with` calls) SIGTERMs workers whose Python
+    #   handler races their exit, and _terminate_pool's join() hung in 2
+    #   of 100 runs.
+    # The stuck form blocks in the pool: only cgpool's kill ends it.
     import billiard
-    with billiard.Pool(2) as pool:
-        if stuck:
-            pool.map(time.sleep, [FOREVER])
-        return sum(pool.map(abs, [-5, 5]))
+    pool = billiard.Pool(2)
+    if stuck:
+        pool.apply_async(time.sleep, (FOREVER,)).get()
+    total = sum(r.get() for r in [pool.apply_async(abs, (x,)) for x in (-5, 5)])
+    pool.close()
+    pool.join()
+    return total
 
 
 def detach(stuck):
