@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // WriteJSON writes the report as indented JSON.
@@ -99,7 +100,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "\nW: the result is right; K: nothing the task started outlives it; T: a stuck task times out and its whole tree is killed; E: shutdown leaves nothing.")
+	fmt.Fprintf(w, "\nW: the result is right; K: nothing the task started outlives it; T: a stuck task times out (timeout %s, told within %s more) and its whole tree is killed; E: shutdown leaves nothing.\n",
+		seconds(r.TimeoutSeconds), seconds(r.SlackSeconds))
 	var pass, fail, na int
 	for _, c := range r.Cells {
 		switch c.Status {
@@ -158,3 +160,6 @@ func list(s []string) string {
 	}
 	return strings.Join(s, " ")
 }
+
+// seconds formats a duration in seconds as Go does ("1s", "1.5s").
+func seconds(s float64) string { return time.Duration(s * float64(time.Second)).String() }

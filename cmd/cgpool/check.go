@@ -40,8 +40,8 @@ completion and once stuck until a timeout, judged by
 
   W  the result is right
   K  nothing the task started outlives it
-  T  the stuck task is told as a timeout within timeout + 1s, and every
-     process ever seen in its slot is gone
+  T  the stuck task is told as a timeout within timeout + slack (1s), and
+     every process ever seen in its slot is gone
   E  after the pool's shutdown, no cgroup and no process of it remains
 
 and printed as a table with the time of each cell and the reason for every
@@ -71,6 +71,17 @@ usage. Needs what cgpool serve needs: root, or a delegated cgroup.`,
 				if !slices.Contains(check.Columns, c) {
 					return usageErr(fmt.Errorf("--column %q: want one of %s", c, strings.Join(check.Columns, ", ")))
 				}
+			}
+			for _, d := range []struct {
+				flag string
+				v    time.Duration
+			}{{"--timeout", o.Timeout}, {"--slack", o.Slack}} {
+				if d.v <= 0 {
+					return usageErr(fmt.Errorf("%s %v: want a positive duration such as 1s", d.flag, d.v))
+				}
+			}
+			if o.Parallel <= 0 {
+				return usageErr(fmt.Errorf("--parallel %d: want at least 1", o.Parallel))
 			}
 			if progress != "auto" && progress != "always" && progress != "never" {
 				return usageErr(fmt.Errorf("--progress %q: want auto, always or never", progress))
@@ -142,6 +153,7 @@ usage. Needs what cgpool serve needs: root, or a delegated cgroup.`,
 	fl.StringSliceVar(&o.Rows, "row", nil, "only these task rows (see the table for their names)")
 	fl.DurationVar(&o.Timeout, "timeout", time.Second, "timeout of the stuck tasks")
 	fl.IntVar(&o.Parallel, "parallel", 4, "cells run at once")
+	fl.DurationVar(&o.Slack, "slack", time.Second, "how late a timeout may be told, and a slot emptied, on a slow machine (qemu without KVM: 5s)")
 	fl.StringVar(&o.Python, "python", "", "Python interpreter for the Python column (default: python3 in PATH)")
 	fl.StringVar(&o.PythonPath, "python-path", "", "directory with the cgpool Python package, if it is not installed")
 	fl.StringVar(&progress, "progress", "auto", "progress on stderr: auto (on a terminal), always or never")

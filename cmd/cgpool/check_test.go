@@ -161,3 +161,47 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestCheckUsage: bad flags are usage errors that name the flag, before
+// any cgroup is touched.
+func TestCheckUsage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, tc := range []struct{ args []string }{
+		{[]string{"--slack", "0"}},
+		{[]string{"--timeout", "-1s"}},
+		{[]string{"--parallel", "0"}},
+		{[]string{"--column", "java"}},
+		{[]string{"--require", "gpu"}},
+		{[]string{"--progress", "sometimes"}},
+	} {
+		out, err := cgpool(ctx, append([]string{"check"}, tc.args...)...).CombinedOutput()
+		if code := exitStatus(t, err); code != exitUsage || !strings.Contains(string(out), tc.args[0]) {
+			t.Errorf("cgpool check %q: exit %d, %q; want %d naming %s", tc.args, code, out, exitUsage, tc.args[0])
+		}
+	}
+}
+
+// TestCheckSlack: --slack is what T judges by: no kill is told within 1ns
+// of its timeout, so the cell fails and says why; the report carries the
+// timeout and slack it was judged by.
+func TestCheckSlack(t *testing.T) {
+	requireCgroups(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := cgpool(ctx, "check", "--json", "--progress", "never", "--column", "exec", "--row", "sigterm_ignore", "--slack", "1ns").Output()
+	if code := exitStatus(t, err); code != exitFailure {
+		t.Errorf("cgpool check --slack 1ns: exit %d, want %d", code, exitFailure)
+	}
+	var rep check.Report
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("no report: %v\n%s", err, out)
+	}
+	if rep.TimeoutSeconds != 1 || rep.SlackSeconds != 1e-9 {
+		t.Errorf("report judged by timeout %vs, slack %vs; want 1 and 1e-9", rep.TimeoutSeconds, rep.SlackSeconds)
+	}
+	c := cellOf(&rep, "sigterm_ignore", check.ColExec)
+	if c == nil || c.T != "fail" || !strings.Contains(c.Reason, "slack (1ns)") || c.W != "pass" {
+		t.Errorf("sigterm_ignore × exec with --slack 1ns: %+v; want W pass, T failed for the slack", c)
+	}
+}

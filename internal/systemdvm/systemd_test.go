@@ -545,12 +545,16 @@ func TestWatchdogRestartsWedged(t *testing.T) {
 // TestCheckUnderSystemd: cgpool check in a unit with Delegate=yes finds
 // systemd's delegation and every controller, and every cell of the matrix
 // passes (issue 12, acceptance 2).
+//
+// With --slack 5s: this guest is emulated (tcg) on a host whose two vCPUs
+// other jobs share, and on a busy host a 1 s timeout was told 2.0-2.4 s
+// after its start; a process that survives still fails the check.
 func TestCheckUnderSystemd(t *testing.T) {
 	reset(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "systemd-run", "--unit=cgpool-check-vm", "--quiet", "--wait", "--pipe", "--collect",
-		"-p", "Delegate=yes", cgpool, "check", "--json", "--progress", "never")
+		"-p", "Delegate=yes", cgpool, "check", "--json", "--progress", "never", "--slack", "5s")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
