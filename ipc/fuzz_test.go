@@ -8,12 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"strconv"
 	"testing"
 )
 
-// fuzzSeeds are written to testdata/fuzz/FuzzRead by -update and also
-// added with f.Add.
+// fuzzSeeds are written, raw, to the top-level testdata/fuzz/FuzzRead by
+// -update, and added with f.Add (with every file there).
 func fuzzSeeds(t testing.TB) map[string][]byte {
 	seeds := map[string][]byte{}
 	for _, name := range []string{"submit", "result_exec", "stats_reply", "task", "unicode"} {
@@ -34,23 +33,25 @@ func fuzzSeeds(t testing.TB) map[string][]byte {
 	return seeds
 }
 
+// seedDir is the top-level corpus directory of a fuzz target.
+func seedDir(target string) string { return filepath.Join("..", "testdata", "fuzz", target) }
+
 func TestWriteFuzzSeeds(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzRead")
+	dir := seedDir("FuzzRead")
 	seeds := fuzzSeeds(t)
 	if *update {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		for name, b := range seeds {
-			body := "go test fuzz v1\n[]byte(" + strconv.Quote(string(b)) + ")\n"
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	for name := range seeds {
-		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
-			t.Errorf("seed corpus file missing (go test ./ipc -update): %v", err)
+	for name, want := range seeds {
+		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("seed corpus file %s missing or stale (go test ./ipc -update): %v", name, err)
 		}
 	}
 }
@@ -85,6 +86,12 @@ func normalize(h Header) Header {
 func FuzzRead(f *testing.F) {
 	for _, b := range fuzzSeeds(f) {
 		f.Add(b)
+	}
+	ents, _ := os.ReadDir(seedDir("FuzzRead"))
+	for _, e := range ents {
+		if b, err := os.ReadFile(filepath.Join(seedDir("FuzzRead"), e.Name())); err == nil {
+			f.Add(b)
+		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := readerConn(data) // default limits: 64 KiB header, 64 MiB payload

@@ -445,6 +445,7 @@ func (p *Pool) endLocked(t *Task, o *Outcome) {
 	}
 	if t.state == queued {
 		p.leaveQueueLocked(t)
+		p.stats.TasksNeverStarted++
 	}
 	t.state = done
 	if t.spec.Peer != nil {

@@ -435,6 +435,16 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 	p := s.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// The slot is idle from now on, however often it is woken meanwhile
+	// (a wake-up that finds the task taken by another slot does not make
+	// it less idle): its idle deadline is counted from here, once.
+	idleSince := time.Now()
+	var idleT *time.Timer // one timer for all the waits
+	defer func() {
+		if idleT != nil {
+			idleT.Stop()
+		}
+	}()
 	for {
 		if p.cfg.Kind == KindWorker && s.gen < p.recycleGen {
 			p.stats.WorkersRetired++
@@ -468,7 +478,7 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 		p.idle = append(p.idle, s)
 		var idleAt time.Time
 		if len(p.slots) > *p.cfg.MinWorkers {
-			idleAt = time.Now().Add(p.cfg.IdleDelay)
+			idleAt = idleSince.Add(p.cfg.IdleDelay)
 		}
 		if s.w != nil {
 			t, restart, pre, retire := s.waitOnWorkerLocked(idleAt)
@@ -482,9 +492,12 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 		}
 		var idleC <-chan time.Time
 		if !idleAt.IsZero() {
-			idleT := time.NewTimer(p.cfg.IdleDelay)
+			if idleT == nil {
+				idleT = time.NewTimer(time.Until(idleAt))
+			} else {
+				idleT.Reset(time.Until(idleAt))
+			}
 			idleC = idleT.C
-			defer idleT.Stop()
 		}
 		p.mu.Unlock()
 		var idled bool

@@ -16,7 +16,11 @@ type Stats struct {
 	TasksCancelled int64 `json:"tasks_cancelled"`
 	TasksRejected  int64 `json:"tasks_rejected"`
 	TasksQueued    int64 `json:"tasks_queued"`
-	TasksRunning   int64 `json:"tasks_running"`
+	// TasksNeverStarted counts tasks that ended before they started
+	// (cancelled, queue timeout, no worker could start), so that
+	// tasks_received = tasks_launched + tasks_never_started + tasks_queued.
+	TasksNeverStarted int64 `json:"tasks_never_started"`
+	TasksRunning      int64 `json:"tasks_running"`
 	// FailuresByReason counts failed tasks by why: task_error, timeout,
 	// queue_timeout, oom, killed, crashed.
 	FailuresByReason        map[string]int64 `json:"failures_by_reason"`

@@ -23,6 +23,8 @@ Options:
   -bench REGEX   run benchmarks matching REGEX instead of tests (-run ^$ unless
                  -run is given too)
   -keep          keep the initramfs and its root folder in the scratch folder
+  -tags LIST     build the tests with these build tags too (beside "vm"),
+                 e.g. -tags soak for the chaos soak of cmd/cgpool
   -demo          run the README's demo (cgpool demo) in the VM, with the OOM kill
   -print-kernel  fetch the kernel if it is not cached, print its path, and exit
                  (scripts/systemd-vm-test.sh boots the same kernel)
@@ -36,6 +38,7 @@ Examples:
   scripts/vm-test.sh -run 'TestKillEmptiesTree' ./cgroup   # one test
   scripts/vm-test.sh -run 'TestLeaf/memory' ./cgroup   # one subtest
   scripts/vm-test.sh -bench . ./sched                  # benchmarks
+  scripts/vm-test.sh -tags soak -run '^TestSoak$' ./cmd/cgpool   # the 5-minute soak
 
 Environment:
   CGPOOL_VM_SCRATCH  scratch folder (default: <repo>/.vm, ignored by git); the
@@ -74,6 +77,7 @@ VM_TIMEOUT=${CGPOOL_VM_TIMEOUT:-1200}
 RUN=""
 BENCH=""
 PRINT_KERNEL=0
+TAGS=vm
 KEEP=0
 PKGS=()
 while (($# > 0)); do
@@ -103,6 +107,11 @@ while (($# > 0)); do
 	-keep | --keep)
 		KEEP=1
 		shift
+		;;
+	-tags | --tags)
+		(($# >= 2)) || die "$1 needs a comma-separated list of build tags"
+		TAGS="vm,$2"
+		shift 2
 		;;
 	-demo | --demo)
 		# The README's demo (cgpool demo) inside the VM, where the memory
@@ -257,9 +266,9 @@ build_root() {
 
 	local list format='{{.ImportPath}}	{{.Dir}}	{{len .TestGoFiles}}	{{len .XTestGoFiles}}	{{if .Error}}1{{else}}0{{end}}'
 	if ((${#PKGS[@]} > 0)); then
-		list=$(go list -tags vm -e -f "$format" "${PKGS[@]}")
+		list=$(go list -tags "$TAGS" -e -f "$format" "${PKGS[@]}")
 	else
-		list=$(cd "$REPO" && go list -tags vm -e -f "$format" ./... |
+		list=$(cd "$REPO" && go list -tags "$TAGS" -e -f "$format" ./... |
 			awk -F'\t' -v m="$module" '$1 != m "/scripts" && index($1, m "/scripts/") != 1')
 	fi
 
@@ -279,7 +288,7 @@ build_root() {
 			name=${name//\//_}
 		fi
 		log "building $ip -> tests/$name.test"
-		if ! CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go test -tags vm -c -o "$ROOT/tests/$name.test" "$ip"; then
+		if ! CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go test -tags "$TAGS" -c -o "$ROOT/tests/$name.test" "$ip"; then
 			failed+=("$ip")
 			continue
 		fi

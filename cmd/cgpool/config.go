@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -121,8 +122,8 @@ func parseSize(s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("size %q: want a byte count such as 67108864 or 64M", s)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q: want a byte count such as 67108864 or 64M (at most 8 EiB)", s)
 	}
 	return n * mult, nil
 }
@@ -143,6 +144,12 @@ func loadConfig(path string) (*fileConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseConfig(path, b)
+}
+
+// parseConfig reads a configuration file's contents: JSON when name ends
+// in .json, TOML otherwise. Unknown settings are errors.
+func parseConfig(path string, b []byte) (*fileConfig, error) {
 	var c fileConfig
 	if strings.EqualFold(filepath.Ext(path), ".json") {
 		dec := json.NewDecoder(bytes.NewReader(b))

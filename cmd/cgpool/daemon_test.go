@@ -314,3 +314,19 @@ func TestServeSurvivesEMFILE(t *testing.T) {
 		t.Errorf("after EMFILE: %v, %q", err, b)
 	}
 }
+
+// fdList lists pid's descriptors and what they are.
+func fdList(pid int) string {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	var out []string
+	for _, e := range ents {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		out = append(out, e.Name()+"="+l)
+	}
+	return strings.Join(out, " ")
+}
+
+func fdsOf(pid int) int {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(ents)
+}

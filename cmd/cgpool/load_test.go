@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,11 +47,6 @@ func rssOf(t *testing.T, pid int) int64 {
 	}
 	t.Fatal("no VmRSS")
 	return 0
-}
-
-func fdsOf(pid int) int {
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	return len(ents)
 }
 
 // loadServe starts "cgpool serve" with args and returns its socket and
@@ -264,4 +260,202 @@ func TestLoad(t *testing.T) {
 			b.Wait(ctx)
 		}
 	})
+}
+
+// statsWatch asks for stats every 10 ms through c until stop closes, and
+// returns the latencies.
+func statsWatch(c *client.Client, stop <-chan struct{}) <-chan []time.Duration {
+	out := make(chan []time.Duration, 1)
+	go func() {
+		var lat []time.Duration
+		defer func() { slices.Sort(lat); out <- lat }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			t0 := time.Now()
+			if _, err := c.Stats(context.Background(), ""); err != nil {
+				return
+			}
+			lat = append(lat, time.Since(t0))
+		}
+	}()
+	return out
+}
+
+func checkStatsLatency(t *testing.T, what string, lat []time.Duration) {
+	t.Helper()
+	if len(lat) == 0 {
+		t.Fatalf("%s: no stats answered", what)
+	}
+	t.Logf("%s: stats answered %d times, p50 %v, p99 %v, max %v", what, len(lat), lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1])
+	if lat[len(lat)-1] > 100*time.Millisecond {
+		t.Errorf("%s: stats took up to %v, more than 100 ms", what, lat[len(lat)-1])
+	}
+}
+
+func TestLoadConnections(t *testing.T) {
+	const conns, each = 1000, 3
+	sock, serve := loadServe(t, "-j", "4", "--max-backlog", "-1")
+	pid := serve.Process.Pid
+	ctx := context.Background()
+	watcher, err := client.Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
+	for range 8 { // every slot made and warm before the baseline
+		f, err := watcher.Submit(ctx, client.Task{Argv: []string{"/bin/true"}})
+		if err == nil {
+			_, err = f.Wait(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	baseFDs := fdsOf(pid)
+	stop := make(chan struct{})
+	lat := statsWatch(watcher, stop)
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, conns*each)
+	clients := make([]*client.Client, conns)
+	for i := range conns {
+		c, err := client.Dial(ctx, sock)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		clients[i] = c
+	}
+	peakFDs := fdsOf(pid)
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var fs []*client.Future
+			for range each {
+				f, err := c.Submit(ctx, client.Task{Argv: []string{"/bin/true"}})
+				if err != nil {
+					errs <- err
+					return
+				}
+				fs = append(fs, f)
+			}
+			for _, f := range fs {
+				if _, err := f.Wait(ctx); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	waited := make(chan struct{})
+	go func() { wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(2 * time.Minute):
+		b, _ := watcher.Stats(ctx, "")
+		s, _ := watcher.Status(ctx, "")
+		t.Fatalf("outcomes missing after 2 minutes: stats %s\nstatus %s", b, s)
+	}
+	took := time.Since(t0)
+	close(errs)
+	for err := range errs {
+		t.Errorf("a task: %v", err)
+	}
+	for _, c := range clients {
+		c.Close()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for fdsOf(pid) > baseFDs && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	after := fdsOf(pid)
+	t.Logf("%d connections x %d tasks: every outcome in %v; daemon fds %d -> %d -> %d", conns, each, took.Round(time.Millisecond), baseFDs, peakFDs, after)
+	if after > baseFDs {
+		t.Errorf("fds not back to baseline: %d, was %d: %s", after, baseFDs, fdList(pid))
+	}
+	checkStatsLatency(t, "1,000 connections", <-lat)
+}
+
+func TestLoadManyWorkers(t *testing.T) {
+	const workers, tasks = 64, 640
+	sock, _ := loadServe(t, "-j", strconv.Itoa(workers))
+	ctx := context.Background()
+	c, err := client.Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stop := make(chan struct{})
+	lat := statsWatch(c, stop)
+	t0 := time.Now()
+	var fs []*client.Future
+	for range tasks {
+		f, err := c.Submit(ctx, client.Task{Argv: []string{"/bin/sleep", "0.2"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs = append(fs, f)
+	}
+	busy := 0
+	for {
+		st := stats(t, c)
+		busy = max(busy, int(st.MaxWorkersBusyConcurrently))
+		if st.TasksSucceeded == tasks {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, f := range fs {
+		if _, err := f.Wait(ctx); err != nil {
+			t.Error(err)
+		}
+	}
+	close(stop)
+	took := time.Since(t0)
+	t.Logf("%d workers on %d CPUs: %d tasks of 0.2 s in %v (%.1fx the %v of perfect parallelism), %d busy at once",
+		workers, runtime.NumCPU(), tasks, took.Round(time.Millisecond), took.Seconds()/(float64(tasks/workers)*0.2), time.Duration(tasks/workers)*200*time.Millisecond, busy)
+	if busy < workers {
+		t.Errorf("only %d of %d workers were busy at once", busy, workers)
+	}
+	checkStatsLatency(t, "64 workers", <-lat)
+}
+
+func TestLoadFloodDoesNotStarve(t *testing.T) {
+	const flood, other = 20_000, 10
+	sock, _ := loadServe(t, "-j", "2", "--max-backlog", "-1")
+	ctx := context.Background()
+	startFlooder(t, sock, flood, "/bin/true")
+	c, err := client.Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st0 := stats(t, c)
+	queued := st0.TasksQueued
+	t0 := time.Now()
+	var fs []*client.Future
+	for range other {
+		f, err := c.Submit(ctx, client.Task{Argv: []string{"/bin/true"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs = append(fs, f)
+	}
+	for _, f := range fs {
+		if _, err := f.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	took := time.Since(t0)
+	st := stats(t, c)
+	ran := st.TasksSucceeded - st0.TasksSucceeded - int64(other)
+	t.Logf("another client's %d tasks, behind %d queued of a flood: done in %v, while %d of the flood ran", other, queued, took.Round(time.Millisecond), ran)
+	// Round-robin between clients: about one flood task per other task.
+	if ran > 4*other {
+		t.Errorf("%d flood tasks ran before the other client's %d: it was starved", ran, other)
+	}
 }
