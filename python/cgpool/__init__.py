@@ -25,6 +25,8 @@ _LAZY = {
     "Rejected": "cgpool.errors",
     "TaskError": "cgpool.errors",
     "SupervisorError": "cgpool.errors",
+    "TaskLost": "cgpool.errors",
+    "MainGuardError": "cgpool.errors",
 }
 
 __all__ = sorted(_LAZY) + ["as_completed", "wait"]

@@ -38,6 +38,12 @@ MAX_MESSAGE = 8 * 1024
 MAX_TRACEBACK = 40 * 1024
 _old_main_modules = []
 
+# The caller's main module while this worker imports it (else None): a pool
+# started then is refused (cgpool.executor._check_not_importing_main), so a
+# script without an ``if __name__ == "__main__":`` guard can never start
+# pools recursively.
+importing_main = None
+
 
 def _fixup_main_from_name(mod_name):
     current = sys.modules["__main__"]
@@ -64,25 +70,50 @@ def _fixup_main_from_path(main_path):
 class _State:
     prepared = False
     finalizer = None
+    main_error = None  # what importing the caller's main module raised
 
 
 def prepare(data):
-    """Apply a caller's preparation data once (see payload.preparation_data)."""
+    """Apply a caller's preparation data once, as multiprocessing.spawn's
+    prepare does: its ``sys.argv``, ``sys.path`` (the caller's entries
+    first, then this interpreter's own that it lacks) and working
+    directory, then import its main module as ``__mp_main__``. If that
+    import raises, the error is kept (``_State.main_error``): a task that
+    then cannot be unpickled fails with it, the cause, rather than with
+    "Can't get attribute"."""
+    global importing_main
     if _State.prepared:
         return
     _State.prepared = True
-    seen = set(sys.path)
-    sys.path[:0] = [p for p in data.get("sys_path", ()) if p not in seen]
+    if "sys_argv" in data:
+        sys.argv = list(data["sys_argv"])
+    if "sys_path" in data:
+        theirs = list(data["sys_path"])
+        seen = set(theirs)
+        sys.path[:] = theirs + [p for p in sys.path if p not in seen]
     cwd = data.get("cwd")
     if cwd and os.path.isdir(cwd):
         try:
             os.chdir(cwd)
         except OSError:
             pass
-    if data.get("main_name"):
-        _fixup_main_from_name(data["main_name"])
-    elif data.get("main_path"):
-        _fixup_main_from_path(data["main_path"])
+    main = data.get("main_name") or data.get("main_path")
+    if not main:
+        return
+    importing_main = main
+    try:
+        if data.get("main_name"):
+            _fixup_main_from_name(data["main_name"])
+        else:
+            _fixup_main_from_path(data["main_path"])
+    except BaseException as e:
+        _State.main_error = e
+        from cgpool.errors import MainGuardError
+        if not isinstance(e, MainGuardError):
+            print("cgpool.worker %d: importing the main module %s failed: %s"
+                  % (os.getpid(), main, describe(e)[0]), file=sys.stderr)
+    finally:
+        importing_main = None
 
 
 def _short(text, limit):
@@ -106,16 +137,18 @@ def describe(exc):
 
 
 def error_frame(tid, exc):
-    """The task_error frame for an exception a task raised."""
-    from cgpool.errors import TaskError
+    """The task_error frame for an exception a task raised. One that cannot
+    be pickled travels as a TaskError (a ProcessError) with Deadpool's text,
+    the original and why; one that pickles is sent as it is (whether the
+    caller can unpickle it is the caller's to find out, as in Deadpool)."""
+    from cgpool.errors import TaskError, unpicklable_exception_text
     message, tb = describe(exc)
     try:
         blob = _payload.dumps(exc)
-        pickle.loads(blob)  # what cannot come back is better reported now
     except BaseException as pe:
-        pmsg, _ = describe(pe)
-        message = "%s (the exception could not be sent back as itself: %s)" % (message, pmsg)
-        blob = _payload.dumps(TaskError(message, tb))
+        why = describe(pe)[0]
+        blob = _payload.dumps(TaskError(unpicklable_exception_text(message, tb, why), tb))
+        message = "%s (the exception could not be pickled: %s)" % (message, why)
     if len(blob) > _proto.DEFAULT_MAX_PAYLOAD:
         blob = _payload.dumps(TaskError(message + " (the exception was too large to send back)", tb))
     return _encode({"type": "task_error", "id": tid, "message": message, "traceback": tb}, blob)
@@ -142,10 +175,15 @@ def run_task(h, data):
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
     try:
-        prep, body = _payload.split_call(data)
-        if prep is not None and not _State.prepared:
-            prepare(pickle.loads(prep))
-        fn, args, kwargs = pickle.loads(body)
+        try:
+            prep, body = _payload.split_call(data)
+            if prep is not None and not _State.prepared:
+                prepare(pickle.loads(prep))
+            fn, args, kwargs = pickle.loads(body)
+        except BaseException as e:
+            # What the import of the caller's main raised explains why its
+            # function cannot be found here: say that instead.
+            return error_frame(tid, _State.main_error if _State.main_error is not None else e)
         del data, body
         result = fn(*args, **kwargs)
     except BaseException as e:
@@ -170,8 +208,8 @@ def run_task(h, data):
         return error_frame(tid, pickle.PicklingError(
             "the result of %s is too large to send back (%d bytes > %d)"
             % (_name(fn), len(blob), _proto.DEFAULT_MAX_PAYLOAD)))
-    return _proto.PREFIX.pack(len(b'{"type":"result","id":%d}' % tid), len(blob)) + \
-        (b'{"type":"result","id":%d}' % tid) + blob
+    head = b'{"type":"result","id":%d}' % tid
+    return _proto.PREFIX.pack(len(head), len(blob)) + head + blob
 
 
 def _name(fn):
@@ -205,17 +243,44 @@ def trim():
         pass
 
 
+def _take_stdio(path):
+    """Write to the caller's own stdout and stderr: it hands them over on a
+    unix socket (cgpool.server's _StdioServer), the same open files a
+    forked child inherits. Keeps the supervisor's on any failure."""
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(5.0)
+            s.connect(path)
+            _, fds, _, _ = socket.recv_fds(s, 16, 2)
+        finally:
+            s.close()
+    except (OSError, AttributeError):
+        return
+    try:
+        if len(fds) == 2:
+            _flush_stdio()
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _startup():
-    """Import the caller's main, run the initializer; return the init error
-    text ("" if none). Start-up data leaves the environment, so that a nested
-    Executor started by a task does not inherit this pool's initializer."""
+    """Take the caller's stdio, import its main, run the initializer;
+    return the initializer's error text ("" if none). Start-up data leaves
+    the environment, so that a nested Executor started by a task does not
+    inherit this pool's initializer."""
     errors = []
     blobs = {k: os.environ.pop(k, None) for k in _payload.ENV_KEYS}
+    if blobs[_payload.ENV_STDIO]:
+        _take_stdio(blobs[_payload.ENV_STDIO])
     try:
         if blobs[_payload.ENV_MAIN]:
             prepare(_payload.decode_env_blob(blobs[_payload.ENV_MAIN]))
     except BaseException as e:
-        errors.append("importing the main module: %s" % describe(e)[0])
+        errors.append("reading the preparation data: %s" % describe(e)[0])
         traceback.print_exc()
     try:
         if blobs[_payload.ENV_FINAL]:
