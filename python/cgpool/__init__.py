@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Executor": "cgpool.executor",
-    "Future": "cgpool.executor",
+    "Future": "cgpool.future",
     "CancelledError": "cgpool.errors",
     "TimeoutError": "cgpool.errors",
     "QueueTimeoutError": "cgpool.errors",

@@ -35,7 +35,9 @@ from concurrent.futures import CancelledError, as_completed, wait
 
 from cgpool.errors import (OutOfMemoryError, PoolClosed, ProcessError, QueueTimeoutError,
                            TaskError, TimeoutError)
-from cgpool.executor import _SUBMIT_OPTIONS, Executor, Future
+from cgpool.executor import Executor
+from cgpool.future import Future
+from cgpool.options import SUBMIT_OPTIONS
 
 __all__ = [
     "Deadpool",
@@ -93,9 +95,9 @@ class Deadpool(Executor):
         opts = {}
         for k in list(kwargs):
             if k.startswith("cgpool_"):
-                if k not in _SUBMIT_OPTIONS:
+                if k not in SUBMIT_OPTIONS:
                     raise TypeError("unknown submit option %s (the options are %s)"
-                                    % (k, ", ".join(_SUBMIT_OPTIONS)))
+                                    % (k, ", ".join(SUBMIT_OPTIONS)))
                 opts[k] = kwargs.pop(k)
         if deadpool_timeout is not None:
             opts.setdefault("cgpool_timeout", deadpool_timeout)

@@ -26,30 +26,26 @@ import concurrent.futures
 import itertools
 import json
 import logging
-import math
-import numbers
 import os
 import pickle
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
 
 from cgpool import errors as _errors
 from cgpool import payload as _payload
 from cgpool import protocol as _proto
 from cgpool.connection import REQUEST_TIMEOUT, Connection
 from cgpool.errors import PoolClosed, SupervisorError, TaskLost
+from cgpool.future import Future
+from cgpool.options import SUBMIT_OPTIONS, check_bytes, check_env, check_priority, seconds_ms
 from cgpool.server import PrivateServer, go_duration
 
 __all__ = ["Executor", "Future", "DEADPOOL_STATISTICS"]
 
 _log = logging.getLogger("cgpool")
 _BATCH_FRAMES = 256
-# The longest timeout the wire can carry: Go keeps durations as int64
-# nanoseconds (about 292 years).
-_MAX_MS = (1 << 63) // 1000000 - 1
 
 # get_statistics() returns exactly these, in Deadpool's order.
 DEADPOOL_STATISTICS = (
@@ -59,144 +55,6 @@ DEADPOOL_STATISTICS = (
 )
 _GAUGES = ("worker_processes_still_alive", "worker_processes_busy", "worker_processes_idle",
            "tasks_queued", "tasks_running")
-
-_CANCEL_LOCK = threading.Lock()
-
-
-class Future(concurrent.futures.Future):
-    """A concurrent.futures.Future with cgpool's (and Deadpool's) extras.
-
-    - ``pid``: the worker's pid once the task started (None before);
-      ``leaf``: the cgroup it runs in;
-    - ``add_pid_callback(fn)``: ``fn(future)`` when the pid is known (at once
-      if it already is); runs on the executor's reader thread;
-    - ``running()``: True while the supervisor runs the task;
-    - ``cancel()``: asks the supervisor, and answers from its view, as
-      concurrent.futures does from its own: True only if the task had not
-      started (it then never will); False for a running or finished task,
-      which is left alone (see cancel_and_kill_if_running);
-    - ``cancel_and_kill_if_running()``: also kills a running task's whole
-      cgroup; the future then ends cancelled.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self._pid = None
-        self.leaf = None
-        self._pid_callbacks = []
-        self._cg_started = False   # the supervisor said "running" (or answered)
-        self._cg_queued = False    # counted in the executor's backlog
-        self._cg_notified = False  # ended cancelled (once)
-        self._cg_task = None       # (Connection, id) once submitted
-
-    @property
-    def pid(self):
-        """The pid of the worker that runs (or ran) the task, else None."""
-        return self._pid
-
-    def add_pid_callback(self, fn):
-        """Call ``fn(self)`` once the task's worker pid is known."""
-        with _CANCEL_LOCK:
-            if self._pid is None:
-                self._pid_callbacks.append(fn)
-                return
-        _call_quietly(fn, self)
-
-    def _set_pid(self, pid, leaf):
-        with _CANCEL_LOCK:
-            self._pid = pid or None
-            self.leaf = leaf or None
-            cbs, self._pid_callbacks = self._pid_callbacks, []
-        for fn in cbs:
-            _call_quietly(fn, self)
-
-    def running(self):
-        """True while the task runs on a worker."""
-        return self._cg_started and not self.done()
-
-    def cancel(self):
-        """Cancel the task if it has not started, as the supervisor sees it
-        (one round trip to it). Returns True if the task will never run,
-        False if it is running or done (a running task is not stopped: see
-        cancel_and_kill_if_running)."""
-        if self.cancelled():
-            return True
-        if self.done() or self._cg_started:
-            return False
-        if self._cg_task is None:
-            return self._end_cancelled()
-        return _cancel(self, hard=False)
-
-    def cancel_and_kill_if_running(self, sig=None):
-        """Cancel the task, killing it (its whole cgroup) if it is running.
-        *sig* is accepted for Deadpool compatibility: the supervisor always
-        kills the cgroup outright. Returns True unless the task had already
-        finished."""
-        if self.done():
-            return self.cancelled()
-        if self._cg_task is None:
-            return self._end_cancelled()
-        return _cancel(self, hard=True)
-
-    def _end_cancelled(self):
-        """End the future cancelled (once), through the public API: the
-        future stays PENDING while its task runs, so even a running task's
-        future can end so when the supervisor killed it."""
-        with _CANCEL_LOCK:
-            if self._cg_notified:
-                return True
-            if not concurrent.futures.Future.cancel(self):
-                return False  # it finished meanwhile
-            self._cg_notified = True
-        self.set_running_or_notify_cancel()
-        return True
-
-    def _settle(self, result=None, exception=None):
-        try:
-            if exception is not None:
-                self.set_exception(exception)
-            else:
-                self.set_result(result)
-        except concurrent.futures.InvalidStateError:
-            pass  # cancelled here meanwhile
-
-    def __repr__(self):
-        if self.cancelled():
-            state = "cancelled"
-        elif self.done():
-            exc = self.exception()
-            state = "finished raised %s" % type(exc).__name__ if exc is not None else "finished"
-        elif self._cg_started:
-            state = "running"
-        else:
-            state = "pending"
-        return "<%s at %#x state=%s>" % (type(self).__name__, id(self), state)
-
-
-def _cancel(fut, hard):
-    conn, tid = fut._cg_task
-    if conn.pid != os.getpid() or conn.abandoned:
-        return False
-    try:
-        h = conn.wait(conn.request_async({"type": "cancel", "id": tid, "mode": "hard" if hard else "soft"},
-                                         kind="cancel"), what="cancel")
-    except SupervisorError:
-        return fut.cancelled()  # the connection went away: the future fails as lost
-    if h.get("ok"):
-        return fut._end_cancelled()
-    if h.get("state") == "running":
-        fut._cg_started = True
-    return fut.cancelled()
-
-
-def _call_quietly(fn, fut):
-    try:
-        fn(fut)
-    except Exception:
-        import traceback
-        print("cgpool: exception in pid callback %r:" % (fn,), file=sys.stderr)
-        traceback.print_exc()
-
 
 def _default_workers():
     try:
@@ -219,68 +77,6 @@ def _installed_in_site(path):
     real = os.path.realpath(path)
     return any(os.path.realpath(d) == real for d in dirs)
 
-
-# ----- per-task options
-
-def seconds_ms(value, name):
-    """Seconds (None or 0: none) as whole milliseconds, rounded up. Raises
-    TypeError for what is not a real number, ValueError for a negative,
-    infinite or too large one."""
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError("%s must be a number of seconds (int or float) or None, not %s %r"
-                        % (name, type(value).__name__, value))
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError("%s must be a finite number of seconds, not %r" % (name, value))
-    if value < 0:
-        raise ValueError("%s must be >= 0, not %r" % (name, value))
-    if value == 0:
-        return 0
-    ms = int(math.ceil(value * 1000))
-    if ms > _MAX_MS:
-        raise ValueError("%s of %r seconds is too large (at most %d)" % (name, value, _MAX_MS // 1000))
-    return max(1, ms)
-
-
-def check_priority(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError("%s must be an int, not %s %r" % (name, type(value).__name__, value))
-    if value < 0:
-        raise ValueError("Parameter %s must be >= 0, but was %s" % (name, value))
-    if value > (1 << 63) - 1:
-        raise ValueError("%s %d is too large" % (name, value))
-    return int(value)
-
-
-def _check_bytes(value, name):
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError("%s must be an int (bytes) or None, not %s %r" % (name, type(value).__name__, value))
-    if value < 0 or value > (1 << 63) - 1:
-        raise ValueError("%s must be in 0..2**63-1 bytes, not %d" % (name, value))
-    return int(value)
-
-
-def _check_env(value, name):
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise TypeError("%s must be a mapping of str to str, not %s" % (name, type(value).__name__))
-    env = {}
-    for k, v in value.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError("%s must map str to str; %r: %r is not" % (name, k, v))
-        if not k or "=" in k or "\0" in k or "\0" in v:
-            raise ValueError("%s: %r is not a valid environment variable (name non-empty, without '=' or NUL; "
-                             "value without NUL)" % (name, k))
-        env[k] = v
-    return env
-
-
-_SUBMIT_OPTIONS = ("cgpool_timeout", "cgpool_priority", "cgpool_queue_timeout", "cgpool_memory_max",
-                   "cgpool_env")
 
 MISSING_GUARD = """An attempt has been made to start a cgpool pool while a worker was
 importing the main module %s to run your tasks.
@@ -543,9 +339,9 @@ class Executor(concurrent.futures.Executor):
             if opts is not None:
                 for k in list(kwargs):
                     if k.startswith("cgpool_"):
-                        if k not in _SUBMIT_OPTIONS:
+                        if k not in SUBMIT_OPTIONS:
                             raise TypeError("unknown submit option %s (the options are %s)"
-                                            % (k, ", ".join(_SUBMIT_OPTIONS)))
+                                            % (k, ", ".join(SUBMIT_OPTIONS)))
                         opts[k] = kwargs.pop(k)
                 return self._submit(fn, args, kwargs, opts)
         return self._submit(fn, args, kwargs, None)
@@ -562,8 +358,8 @@ class Executor(concurrent.futures.Executor):
              "priority": check_priority(opts.get("cgpool_priority") or 0, name("cgpool_priority")),
              "timeout_ms": seconds_ms(opts.get("cgpool_timeout"), name("cgpool_timeout")),
              "queue_timeout_ms": seconds_ms(opts.get("cgpool_queue_timeout"), name("cgpool_queue_timeout")),
-             "memory_max": _check_bytes(opts.get("cgpool_memory_max"), name("cgpool_memory_max")),
-             "env": _check_env(opts.get("cgpool_env"), name("cgpool_env")),
+             "memory_max": check_bytes(opts.get("cgpool_memory_max"), name("cgpool_memory_max")),
+             "env": check_env(opts.get("cgpool_env"), name("cgpool_env")),
              "hold": self._hold, "affinity": self.affinity}
         text = _proto.encode_header(_proto.canonical_header(h)).decode()
         # "id":0 is dropped as a zero value: put the id back, first after type.

@@ -27,7 +27,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -244,7 +243,10 @@ class PrivateServer:
                     pass
         if self._stdio is not None:
             self._stdio.abandon()
-        self.proc = None
+        if self.proc is not None:
+            # Not this process's child: never wait for it here, nor warn
+            # (Popen.__del__) that it still runs.
+            self.proc.returncode = 0
         self._drain = None
 
     def _cleanup_dir(self):

@@ -51,20 +51,49 @@ def _fixup_main_from_name(mod_name):
         return
     if getattr(getattr(current, "__spec__", None), "name", None) == mod_name:
         return
-    _old_main_modules.append(current)
+    import importlib.util
+    spec = importlib.util.find_spec(mod_name)
+    if spec is None or spec.loader is None or not hasattr(spec.loader, "get_code"):
+        raise ImportError("cannot find the main module %s" % mod_name)
+    code = spec.loader.get_code(mod_name)
     module = types.ModuleType("__mp_main__")
-    module.__dict__.update(runpy.run_module(mod_name, run_name="__mp_main__", alter_sys=True))
-    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+    module.__dict__.update(__spec__=spec, __file__=spec.origin, __cached__=spec.cached,
+                           __loader__=spec.loader, __package__=spec.parent)
+    _run_main(current, module, code)
 
 
 def _fixup_main_from_path(main_path):
     current = sys.modules["__main__"]
     if getattr(current, "__file__", None) == main_path:
         return
-    _old_main_modules.append(current)
+    if not os.path.isfile(main_path):
+        # A directory or zip application: runpy knows those.
+        _old_main_modules.append(current)
+        module = types.ModuleType("__mp_main__")
+        module.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+        return
+    with open(main_path, "rb") as f:
+        source = f.read()
+    code = compile(source, main_path, "exec")
     module = types.ModuleType("__mp_main__")
-    module.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
+    module.__dict__.update(__file__=main_path, __cached__=None, __loader__=None, __package__=None,
+                           __spec__=None)
+    _run_main(current, module, code)
+
+
+def _run_main(current, module, code):
+    """Run the caller's main module's code as ``__mp_main__`` (as
+    multiprocessing.spawn does) and make it ``__main__``. Unlike runpy, what
+    the code defined before an exception stops it is kept: a script that
+    starts its pool at the top level, without an ``if __name__ ==
+    "__main__":`` guard, is stopped there (the pool is refused) and its
+    functions defined above that line still run as tasks. The exception is
+    raised on."""
+    _old_main_modules.append(current)
+    module.__dict__["__builtins__"] = __builtins__
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+    exec(code, module.__dict__)
 
 
 class _State:
@@ -107,6 +136,9 @@ def prepare(data):
         else:
             _fixup_main_from_path(data["main_path"])
     except BaseException as e:
+        # Kept: a task whose function cannot be found then fails with this,
+        # the cause. A refused pool (no main guard) is said there, once, by
+        # the caller's future; anything else is worth a line here too.
         _State.main_error = e
         from cgpool.errors import MainGuardError
         if not isinstance(e, MainGuardError):
