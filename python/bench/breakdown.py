@@ -110,7 +110,9 @@ def main():
         s = io.StringIO()
         pstats.Stats(p, stream=s).sort_stats("tottime").print_stats(a.top)
         print("\n== %s, by own time" % name)
-        print("\n".join(line for line in s.getvalue().splitlines() if line.strip())[-(a.top + 2):])
+        lines = s.getvalue().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+        print("\n".join(line for line in lines[start:] if line.strip()))
 
 
 if __name__ == "__main__":

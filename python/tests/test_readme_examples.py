@@ -16,7 +16,6 @@ that take about 40 s each (priorities, callbacks).
 
 import os
 import re
-import subprocess
 import sys
 import textwrap
 import unittest
