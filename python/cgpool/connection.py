@@ -37,7 +37,7 @@ __all__ = ["Connection", "CLIENT_NAME", "REQUEST_TIMEOUT"]
 
 CLIENT_NAME = "cgpool-py/0.2"
 REQUEST_TIMEOUT = 30.0
-_RECV = 262144
+_RECV = 65536  # below malloc's mmap threshold: no mmap/munmap per recv
 
 # Replies, by type, and which waiter key they answer: a cancel_reply echoes
 # the id of the submission it cancels, the others the id of their request.
@@ -82,7 +82,7 @@ class Connection:
         self._writer = None
         self._writer_event = threading.Event()
         self._frames = collections.deque()
-        self._buf = _proto.FrameBuffer()
+        self._buf = _proto.FrameBuffer(skip_accepted=True)
         self._read_end = None  # the read side's end: None, "eof" or an exception
         self._reader = None
         self._reader_ident = None

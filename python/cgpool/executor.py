@@ -429,6 +429,9 @@ class Executor(concurrent.futures.Executor):
         end = None if timeout is None else timeout + time.monotonic()
         if chunksize == 1:
             fs = self._submit_many(fn, zip(*iterables))
+        elif len(iterables) == 1:
+            fs = self._submit_many(_payload.call_chunk,
+                                   ((fn, chunk, False) for chunk in _chunks(iterables[0], chunksize)))
         else:
             fs = self._submit_many(_payload.call_chunk,
                                    ((fn, chunk) for chunk in _chunks(zip(*iterables), chunksize)))

@@ -103,11 +103,15 @@ def affinity(prep):
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def call_chunk(fn, chunk):
+def call_chunk(fn, chunk, star=True):
     """Run one chunk of ``Executor.map(..., chunksize=N)`` in a worker: the
     results of ``fn(*args)`` for each argument tuple, in order (as
-    concurrent.futures.process._process_chunk)."""
-    return [fn(*args) for args in chunk]
+    concurrent.futures.process._process_chunk), or of ``fn(arg)`` for each
+    argument when *star* is False (a map over one iterable)."""
+    if star:
+        import itertools
+        return list(itertools.starmap(fn, chunk))
+    return list(map(fn, chunk))
 
 
 def encode_env_blob(obj):
