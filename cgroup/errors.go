@@ -14,4 +14,7 @@ var (
 	ErrNotEmpty = errors.New("cgroup: not empty")
 	// ErrNoCgroup2: no cgroup v2 hierarchy is mounted.
 	ErrNoCgroup2 = errors.New("cgroup: no cgroup v2 mount")
+	// ErrOwned: another live process owns the root (it holds the root's
+	// lock: see Root.Lock).
+	ErrOwned = errors.New("cgroup: root owned by another live supervisor")
 )

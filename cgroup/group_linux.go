@@ -241,6 +241,27 @@ func (g *Group) Open() (*os.File, error) {
 	return os.NewFile(uintptr(fd), g.dir), nil
 }
 
+// Exists reports whether the group's directory exists (someone may have
+// removed it from outside). It does not block.
+func (g *Group) Exists() bool { return g.exists() }
+
+// Recreate makes the group's directory again, marked as ours, if it is
+// gone; an existing one is left as it is. Its controllers and limits are
+// the caller's to set again.
+func (g *Group) Recreate() error {
+	if err := os.Mkdir(g.dir, 0o755); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	if err := unix.Setxattr(g.dir, markAttr, []byte("1"), 0); err != nil {
+		_ = os.Remove(g.dir)
+		return &os.PathError{Op: "setxattr " + markAttr, Path: g.dir, Err: err}
+	}
+	return nil
+}
+
 func (g *Group) exists() bool {
 	_, err := os.Stat(filepath.Join(g.dir, "cgroup.procs"))
 	return err == nil

@@ -61,6 +61,7 @@ type Root struct {
 	controllers []string // enabled in the root's cgroup.subtree_control
 	created     bool     // MkdirRoot made the directory
 	origin      string   // the cgroup (host path) TakeOver moved us out of, or ""
+	lock        *os.File // the ownership lock (Lock), or nil
 }
 
 // OpenRoot opens an existing cgroup directory as a root. It checks that dir
@@ -114,6 +115,9 @@ func MkdirRoot(dir string, log *slog.Logger) (*Root, error) {
 	r.created = true
 	return r, nil
 }
+
+// Created reports whether MkdirRoot made the root (Release removes it).
+func (r *Root) Created() bool { return r.created }
 
 // Controllers returns the controllers TakeOver enabled for the root's
 // children: cpu, memory and pids, where cgroup.controllers offers them.
@@ -251,7 +255,13 @@ func (r *Root) Release(ctx context.Context) error {
 		}
 	}
 	if r.created {
-		return r.Remove()
+		if err := r.Remove(); err != nil {
+			return err
+		}
+	}
+	if r.lock != nil {
+		r.lock.Close()
+		r.lock = nil
 	}
 	return nil
 }

@@ -38,6 +38,10 @@ type Options struct {
 	// math.MaxUint32 (the wire limit) are lowered to it. Both ends of a
 	// connection should use the same limit.
 	MaxPayload int64
+	// BufferSize is the size of each of the Conn's read and write buffers;
+	// 0 means 32 KiB. A server with many mostly idle connections uses less
+	// (each connection holds both buffers for its life).
+	BufferSize int
 }
 
 // Conn reads and writes frames on a byte stream, usually a *net.UnixConn
@@ -95,10 +99,14 @@ func NewConn(rw io.ReadWriteCloser, opts ...Options) *Conn {
 	if len(opts) > 0 {
 		o = opts[len(opts)-1]
 	}
+	size := bufSize
+	if o.BufferSize > 0 {
+		size = o.BufferSize
+	}
 	c := &Conn{
 		rw: rw,
-		r:  bufio.NewReaderSize(rw, bufSize),
-		w:  bufio.NewWriterSize(rw, bufSize),
+		r:  bufio.NewReaderSize(rw, size),
+		w:  bufio.NewWriterSize(rw, size),
 	}
 	c.SetMaxPayload(o.MaxPayload)
 	if sc, ok := rw.(syscall.Conn); ok {

@@ -165,7 +165,7 @@ func TestWireLayout(t *testing.T) {
 // TestHeaderJSONNames pins the JSON member name of every Header field.
 func TestHeaderJSONNames(t *testing.T) {
 	want := []string{"type", "id", "version", "client", "server", "pools", "pid", "leaf", "init_error",
-		"pool", "priority", "timeout_ms", "queue_timeout_ms", "memory_max", "env", "argv", "hold",
+		"pool", "priority", "timeout_ms", "queue_timeout_ms", "memory_max", "env", "argv", "affinity", "hold",
 		"reason", "code", "message", "traceback", "exit_code", "signal", "memory_peak", "stdout_len",
 		"stdout_truncated", "stderr_truncated", "rss", "mode", "ok", "state", "stats", "status",
 		"replace", "wait", "cancel_futures", "deadline_ms"}
@@ -525,6 +525,16 @@ func TestValidateRequest(t *testing.T) {
 		{Header{Type: TypeCancel, ID: 1, Mode: "medium"}, false},
 		{Header{Type: TypeSetEnv, ID: 1, Env: map[string]string{"A\x00": ""}}, false},
 		{Header{Type: TypeShutdown, ID: 1, DeadlineMS: -5}, false},
+		// Durations that would wrap a time.Duration (2^58+1 ms became 1 ms).
+		{Header{Type: TypeSubmit, ID: 1, TimeoutMS: 1<<58 + 1}, false},
+		{Header{Type: TypeSubmit, ID: 1, TimeoutMS: MaxDurationMS}, true},
+		{Header{Type: TypeSubmit, ID: 1, TimeoutMS: MaxDurationMS + 1}, false},
+		{Header{Type: TypeSubmit, ID: 1, QueueTimeoutMS: 1 << 62}, false},
+		{Header{Type: TypeShutdown, ID: 1, DeadlineMS: 1 << 50}, false},
+		{Header{Type: TypeSubmit, ID: 1, Priority: MaxPriority + 1}, false},
+		{Header{Type: TypeSubmit, ID: 1, Affinity: "ab12-prog"}, true},
+		{Header{Type: TypeSubmit, ID: 1, Affinity: "a b"}, false},
+		{Header{Type: TypeSubmit, ID: 1, Affinity: strings.Repeat("a", MaxAffinity+1)}, false},
 		{Header{Type: TypeStats}, false},
 		{Header{Type: TypeStats, ID: 2}, true},
 		{Header{Type: TypeResult}, true}, // not a request
@@ -537,5 +547,50 @@ func TestValidateRequest(t *testing.T) {
 		if err != nil && !errors.Is(err, ErrInvalidRequest) {
 			t.Errorf("case %d: %v does not wrap ErrInvalidRequest", i, err)
 		}
+	}
+}
+
+// TestBatchWritesWhatWriteBatchWrites: an encoded Batch, reused after
+// Reset, puts the same bytes on the wire as WriteBatch, and checks frames
+// as Write does.
+func TestBatchWritesWhatWriteBatchWrites(t *testing.T) {
+	frames := []Frame{
+		{Header: Header{Type: TypeAccepted, ID: 1}},
+		{Header: Header{Type: TypeResult, ID: 1, PID: 42, Leaf: "/w-1/worker"}, Payload: []byte("answer")},
+		{Header: Header{Type: TypeTaskError, ID: 2, Message: "boom <&>", Traceback: "tb"}, Payload: []byte{0, 1, 2}},
+	}
+	var want bytes.Buffer
+	wc := NewConn(nopCloser{&want})
+	if err := wc.WriteBatch(frames); err != nil {
+		t.Fatal(err)
+	}
+	var b Batch
+	for round := range 3 { // the buffers are reused
+		b.Reset()
+		for i := range frames {
+			if err := b.Add(&frames[i].Header, frames[i].Payload, DefaultMaxPayload); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if b.Len() != len(frames) || b.Size() != int64(want.Len()) {
+			t.Fatalf("round %d: Len %d Size %d, want %d and %d", round, b.Len(), b.Size(), len(frames), want.Len())
+		}
+		var got bytes.Buffer
+		if err := NewConn(nopCloser{&got}).WriteEncoded(&b); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.Bytes(), want.Bytes()) {
+			t.Fatalf("round %d: WriteEncoded wrote\n%q\nwant\n%q", round, got.Bytes(), want.Bytes())
+		}
+	}
+	var fe *FrameError
+	if err := b.Add(&Header{}, nil, DefaultMaxPayload); !errors.As(err, &fe) {
+		t.Errorf("Add of a header without type = %v, want a *FrameError", err)
+	}
+	if err := b.Add(&Header{Type: "x"}, make([]byte, 10), 5); !errors.As(err, &fe) || fe.Reason != FramePayloadTooLarge {
+		t.Errorf("Add of a payload over the limit = %v", err)
+	}
+	if b.Len() != len(frames) {
+		t.Errorf("refused frames were added: Len %d", b.Len())
 	}
 }

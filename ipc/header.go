@@ -55,6 +55,8 @@ const (
 	RejectInvalid     = "invalid"      // a field is missing or out of range
 	RejectTooLarge    = "too_large"    // the payload exceeds the pool's input limit
 	RejectUnknownPool = "unknown_pool" // no pool of that name
+	RejectOverLimit   = "over_limit"   // a value asked for is above the pool's ceiling (timeout, memory, env, argv, tasks per client)
+	RejectForbidden   = "forbidden"    // this peer may not do this (run as root, an admin operation)
 )
 
 // Values of Header.Reason in a process_error message.
@@ -62,6 +64,7 @@ const (
 	ProcessOOM     = "oom"     // the cgroup's memory limit was hit
 	ProcessKilled  = "killed"  // killed by a signal not sent by cgpool for a timeout/cancel
 	ProcessCrashed = "crashed" // exited or died without reporting a result
+	ProcessLost    = "lost"    // the supervisor lost the task to an internal error; it may have run in part
 )
 
 // Values of Header.Mode in a cancel message.
@@ -86,6 +89,8 @@ const (
 	CodeUnknownPool = "unknown_pool" // no pool of that name
 	CodeProtocol    = "protocol"     // unknown message type or message out of sequence
 	CodeInternal    = "internal"     // the server failed
+	CodeForbidden   = "forbidden"    // the peer may not make this request (an admin operation)
+	CodeBusy        = "busy"         // the server refuses the connection: too many (handshake, caps)
 )
 
 // Header is the JSON header of every frame of both protocols. It is one flat
@@ -140,6 +145,11 @@ type Header struct {
 	Env map[string]string `json:"env,omitempty"`
 	// Argv is the command line for exec pools (submit).
 	Argv []string `json:"argv,omitempty"`
+	// Affinity names the program a task belongs to (submit, worker pools):
+	// a worker runs tasks of one (peer uid, affinity) pair only, so that one
+	// client's code is never loaded into a worker that then serves another.
+	// At most MaxAffinity printable ASCII bytes.
+	Affinity string `json:"affinity,omitempty"`
 	// Hold asks the server to delay acceptance while the backlog is full
 	// instead of rejecting with queue_full (submit).
 	Hold bool `json:"hold,omitempty"`
@@ -227,9 +237,22 @@ func IsFinal(t string) bool {
 	return false
 }
 
+// MaxDurationMS bounds every duration on the wire (timeout_ms,
+// queue_timeout_ms, deadline_ms): about 34 years. A larger value would
+// overflow a time.Duration, and a deadline past it means "never" anyway:
+// a client that wants no limit sends 0.
+const MaxDurationMS = 1 << 40
+
+// MaxPriority bounds a submit's priority.
+const MaxPriority = 1<<31 - 1
+
+// MaxAffinity bounds the length of a submit's affinity.
+const MaxAffinity = 256
+
 // ValidateRequest checks the structural rules of a client→server request
 // header (submit, cancel, stats, status, set_env, recycle, shutdown): id
-// present, numeric fields non-negative, cancel mode known, environment
+// present, numeric fields within their ranges (durations at most
+// MaxDurationMS, priorities at most MaxPriority), cancel mode known, environment
 // names well formed, no NUL bytes in argv. It does not check anything that
 // depends on the server's configuration (pool names, limits). It returns nil
 // or an error wrapping [ErrInvalidRequest]; other message types return nil.
@@ -249,14 +272,21 @@ func (h *Header) ValidateRequest() error {
 	switch h.Type {
 	case TypeSubmit:
 		switch {
-		case h.Priority < 0:
-			return bad("priority %d < 0", h.Priority)
-		case h.TimeoutMS < 0:
-			return bad("timeout_ms %d < 0", h.TimeoutMS)
-		case h.QueueTimeoutMS < 0:
-			return bad("queue_timeout_ms %d < 0", h.QueueTimeoutMS)
+		case h.Priority < 0 || h.Priority > MaxPriority:
+			return bad("priority %d is not in 0..%d", h.Priority, MaxPriority)
+		case h.TimeoutMS < 0 || h.TimeoutMS > MaxDurationMS:
+			return bad("timeout_ms %d is not in 0..%d", h.TimeoutMS, int64(MaxDurationMS))
+		case h.QueueTimeoutMS < 0 || h.QueueTimeoutMS > MaxDurationMS:
+			return bad("queue_timeout_ms %d is not in 0..%d", h.QueueTimeoutMS, int64(MaxDurationMS))
 		case h.MemoryMax < 0:
 			return bad("memory_max %d < 0", h.MemoryMax)
+		case len(h.Affinity) > MaxAffinity:
+			return bad("affinity is %d bytes, more than %d", len(h.Affinity), MaxAffinity)
+		}
+		for i := 0; i < len(h.Affinity); i++ {
+			if c := h.Affinity[i]; c < 0x21 || c > 0x7e {
+				return bad("affinity byte %d (%#x) is not printable ASCII", i, c)
+			}
 		}
 		if err := validEnv(h.Env); err != "" {
 			return bad("%s", err)
@@ -275,8 +305,8 @@ func (h *Header) ValidateRequest() error {
 			return bad("%s", err)
 		}
 	case TypeShutdown:
-		if h.DeadlineMS < 0 {
-			return bad("deadline_ms %d < 0", h.DeadlineMS)
+		if h.DeadlineMS < 0 || h.DeadlineMS > MaxDurationMS {
+			return bad("deadline_ms %d is not in 0..%d", h.DeadlineMS, int64(MaxDurationMS))
 		}
 	}
 	return nil

@@ -338,7 +338,7 @@ func (l *Listener) allowed(c *net.UnixConn, uid, gid uint32) bool {
 	if slices.Contains(l.gids, gid) {
 		return true
 	}
-	groups, err := peerGroups(c)
+	groups, err := PeerGroups(c)
 	if err != nil {
 		return false
 	}
@@ -356,6 +356,10 @@ func (l *Listener) Rejected() uint64 { return l.rejected.Load() }
 
 // Addr returns the listener's address. It does not block.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Adopted reports whether the listener came from Adopt (its socket file is
+// someone else's, e.g. systemd's). It does not block.
+func (l *Listener) Adopted() bool { return l.ino == 0 }
 
 // Path returns the socket path given to Listen. It does not block.
 func (l *Listener) Path() string { return l.path }
@@ -420,9 +424,10 @@ func PeerCred(c *net.UnixConn) (uid, gid uint32, pid int32, err error) {
 	return cred.Uid, cred.Gid, cred.Pid, nil
 }
 
-// peerGroups returns the peer's supplementary groups (SO_PEERGROUPS, Linux
-// 4.13+).
-func peerGroups(c *net.UnixConn) ([]uint32, error) {
+// PeerGroups returns the supplementary groups of the process at the other
+// end of c as they were when it connected (SO_PEERGROUPS, Linux 4.13+). It
+// does not block.
+func PeerGroups(c *net.UnixConn) ([]uint32, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil, err

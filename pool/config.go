@@ -1,8 +1,8 @@
 package pool
 
 import (
-	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"time"
 )
@@ -57,22 +57,63 @@ type Config struct {
 	CPUWeight  uint64 `toml:"cpu_weight"`
 	CPUMax     string `toml:"cpu_max"`
 
-	MaxBacklog     int               `toml:"max_backlog"`
-	Env            map[string]string `toml:"env"`
-	UID            *uint32           `toml:"uid"`
-	GID            *uint32           `toml:"gid"`
-	DefaultTimeout time.Duration     `toml:"default_timeout"`
+	MaxBacklog int               `toml:"max_backlog"`
+	Env        map[string]string `toml:"env"`
+
+	// Who tasks and workers run as (see SECURITY.md). User (a name or a
+	// uid) and Group (a name or a gid; default the user's primary group),
+	// or the raw UID and GID, name a fixed user: every worker of a worker
+	// pool, and every command of an exec pool, runs as that user with that
+	// user's supplementary groups. Without a fixed user, a root
+	// supervisor runs an exec task as the peer that submitted it (its uid,
+	// primary gid and groups from the account database), and refuses to
+	// start a worker pool. Root (as the fixed user, or as the peer) needs
+	// AllowRoot. A supervisor that is not root runs everything as itself.
+	User      string  `toml:"user"`
+	Group     string  `toml:"group"`
+	UID       *uint32 `toml:"uid"`
+	GID       *uint32 `toml:"gid"`
+	AllowRoot bool    `toml:"allow_root"`
+
+	DefaultTimeout time.Duration `toml:"default_timeout"`
+	// Ceilings on what a client may ask for; a request above one is
+	// refused (RejectError reason over_limit), never clamped.
+	// MaxTimeout is the longest per-task timeout a client may ask; 0
+	// means DefaultTimeout when that is set (a client may ask for less,
+	// not more), else no ceiling. With a ceiling, a task that asks for
+	// none gets the default, or else the ceiling.
+	MaxTimeout      time.Duration `toml:"max_timeout"`
+	MaxEnvBytes     int64         `toml:"max_env_bytes"`     // per-task env additions, names and values; 0 = 64 KiB
+	MaxArgvBytes    int64         `toml:"max_argv_bytes"`    // an exec task's argv; 0 = 64 KiB
+	MaxPayloadBytes int64         `toml:"max_payload_bytes"` // a worker task's input; 0 = 64 MiB
+	// MaxTasksPerClient bounds the tasks one peer uid has queued or
+	// running in the pool at once; 0 = no bound but the backlog's.
+	MaxTasksPerClient int `toml:"max_tasks_per_client"`
+	// MaxQueuedBytes bounds the bytes (payloads, argv, env) of the tasks
+	// waiting in the backlog; 0 = 256 MiB.
+	MaxQueuedBytes int64 `toml:"max_queued_bytes"`
+	// AllowEnv lists variable names that SetEnv accepts although they
+	// are on the deny list (LD_PRELOAD and the other loader variables:
+	// see deniedEnv).
+	AllowEnv []string `toml:"allow_env"`
+
 	// OutputLimit bounds the captured stdout and stderr of an exec task,
 	// each.
 	OutputLimit  int64            `toml:"output_limit"`
 	OnDisconnect DisconnectPolicy `toml:"on_disconnect"`
+
+	fixed *Identity // resolved by normalize: the fixed user, or nil
 }
 
 // Defaults.
 const (
-	DefaultMaxBacklog  = 1000
-	DefaultIdleDelay   = 10 * time.Second
-	DefaultOutputLimit = 1 << 20
+	DefaultMaxBacklog      = 1000
+	DefaultIdleDelay       = 10 * time.Second
+	DefaultOutputLimit     = 1 << 20
+	DefaultMaxEnvBytes     = 64 << 10
+	DefaultMaxArgvBytes    = 64 << 10
+	DefaultMaxPayloadBytes = 64 << 20
+	DefaultMaxQueuedBytes  = 256 << 20
 )
 
 var poolNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -125,8 +166,74 @@ func (c Config) normalize() (Config, error) {
 			return c, fmt.Errorf("pool %s: negative limit %d", c.Name, v)
 		}
 	}
-	if c.DefaultTimeout < 0 {
-		return c, errors.New("default_timeout must not be negative")
+	if c.DefaultTimeout < 0 || c.MaxTimeout < 0 {
+		return c, fmt.Errorf("pool %s: default_timeout and max_timeout must not be negative", c.Name)
 	}
-	return c, nil
+	if c.MaxTimeout == 0 {
+		c.MaxTimeout = c.DefaultTimeout
+	}
+	if c.MaxTimeout > 0 && c.DefaultTimeout > c.MaxTimeout {
+		return c, fmt.Errorf("pool %s: default_timeout %v is above max_timeout %v", c.Name, c.DefaultTimeout, c.MaxTimeout)
+	}
+	for _, v := range []*int64{&c.MaxEnvBytes, &c.MaxArgvBytes, &c.MaxPayloadBytes, &c.MaxQueuedBytes} {
+		if *v < 0 {
+			return c, fmt.Errorf("pool %s: negative limit %d", c.Name, *v)
+		}
+	}
+	if c.MaxEnvBytes == 0 {
+		c.MaxEnvBytes = DefaultMaxEnvBytes
+	}
+	if c.MaxArgvBytes == 0 {
+		c.MaxArgvBytes = DefaultMaxArgvBytes
+	}
+	if c.MaxPayloadBytes == 0 {
+		c.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if c.MaxQueuedBytes == 0 {
+		c.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
+	if c.MaxTasksPerClient < 0 {
+		return c, fmt.Errorf("pool %s: negative max_tasks_per_client %d", c.Name, c.MaxTasksPerClient)
+	}
+	return c, c.resolveUser(uint32(os.Geteuid()))
+}
+
+// resolveUser sets c.fixed from User/Group or UID/GID and checks the
+// run-as rules for a supervisor running as euid.
+func (c *Config) resolveUser(euid uint32) error {
+	c.fixed = nil
+	switch {
+	case c.User != "" && (c.UID != nil || c.GID != nil):
+		return fmt.Errorf("pool %s: give user (and group) or uid (and gid), not both", c.Name)
+	case c.User != "":
+		id, err := lookupUser(c.User, c.Group)
+		if err != nil {
+			return fmt.Errorf("pool %s: %w", c.Name, err)
+		}
+		c.fixed = &id
+	case c.Group != "":
+		return fmt.Errorf("pool %s: group %q needs a user", c.Name, c.Group)
+	case c.UID != nil:
+		id := LookupIdentity(*c.UID, *c.UID)
+		if c.GID != nil {
+			id.GID = *c.GID
+		}
+		c.fixed = &id
+	case c.GID != nil:
+		return fmt.Errorf("pool %s: gid needs a uid (or a user)", c.Name)
+	}
+	if euid != 0 {
+		if c.fixed != nil && c.fixed.UID != euid {
+			return fmt.Errorf("pool %s: only a supervisor running as root can run workers as another user (%s; this one runs as uid %d)", c.Name, c.fixed, euid)
+		}
+		c.fixed = nil // everything runs as ourselves: nothing to switch
+		return nil
+	}
+	if c.fixed != nil && c.fixed.UID == 0 && !c.AllowRoot {
+		return fmt.Errorf("pool %s: its user is root; a pool runs tasks as root only with allow_root = true", c.Name)
+	}
+	if c.fixed == nil && c.Kind == KindWorker && !c.AllowRoot {
+		return fmt.Errorf("pool %s: a worker pool of a root supervisor runs its workers as a configured user: set user = \"name\" (or uid and gid), or allow_root = true to run them as root", c.Name)
+	}
+	return nil
 }

@@ -13,9 +13,12 @@
 // counters, read after the worker was reaped and before the slot is removed.
 //
 // Worker start-up policy: a worker that fails to start, or exits before it
-// says hello, fails the oldest queued task with a process error (reason
+// says hello, is counted (worker_start_failures, last_start_error, and the
+// slot's start_error in Status) and tried again after a back-off that
+// doubles up to 5 s. While no worker of the pool runs, each failure also
+// fails the task a worker would take next with a process error (reason
 // crashed, with the start error), so that a broken worker program never
-// leaves a task waiting; the slot then tries again after a back-off. A
+// leaves a task waiting; while a healthy worker runs, the queue is its. A
 // worker whose initializer fails (hello carries init_error) is logged and
 // counted (initializer_failures) and serves tasks anyway, as Deadpool does.
 //

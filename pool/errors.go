@@ -13,6 +13,8 @@ var (
 	ErrDraining    = errors.New("pool: shutting down")
 	ErrInvalid     = errors.New("pool: invalid task")
 	ErrUnknownPool = errors.New("pool: no such pool")
+	ErrOverLimit   = errors.New("pool: above a ceiling of the pool")
+	ErrForbidden   = errors.New("pool: not allowed for this peer")
 )
 
 // RejectError is a refused submission. Nothing of it ran, so a retry is
@@ -30,8 +32,12 @@ func reject(reason string, sentinel error, msg string) *RejectError {
 	return &RejectError{Reason: reason, Msg: msg, Err: sentinel}
 }
 
-func errFull(n int) error {
-	return reject(ipc.RejectQueueFull, ErrQueueFull, fmt.Sprintf("backlog full (%d tasks queued)", n))
+func errFull(n int, bytes int64) error {
+	return reject(ipc.RejectQueueFull, ErrQueueFull, fmt.Sprintf("backlog full (%d tasks, %d bytes queued)", n, bytes))
+}
+
+func overLimit(format string, args ...any) error {
+	return reject(ipc.RejectOverLimit, ErrOverLimit, fmt.Sprintf(format, args...))
 }
 
 func errInvalid(format string, args ...any) error {

@@ -36,11 +36,38 @@ func (c *capture) fill(r io.Reader, limit int64, wg *sync.WaitGroup) {
 	}
 }
 
+// replaceVanished replaces an exec slot whose cgroup was removed from
+// outside (an administrator, a script, a second supervisor): the slot is
+// dead, and a command started into it would fail. It reports false if the
+// pool is stopping meanwhile.
+func (s *slot) replaceVanished() bool {
+	p := s.p
+	p.log.Warn("a slot's cgroup was removed from outside; replacing the slot", "slot", s.name, "leaf", s.leafPath)
+	p.mu.Lock()
+	p.stats.WorkersRetired++
+	p.mu.Unlock()
+	s.teardown(false)
+	if !s.start() {
+		return false
+	}
+	p.mu.Lock()
+	s.state = "busy"
+	p.mu.Unlock()
+	return true
+}
+
 // runExec runs one command in the slot's leaf and reports its exit status
 // and output. Whatever the command leaves running in the slot is killed
 // before the slot takes another task.
 func (s *slot) runExec(t *Task) {
 	p := s.p
+	if testHookRunTask != nil {
+		testHookRunTask(t)
+	}
+	if !s.leaf.Exists() && !s.replaceVanished() {
+		s.finish(t, &Outcome{Kind: Cancelled, Message: "cancelled by shutdown: its slot's cgroup was removed from outside"})
+		return
+	}
 	before := s.baseline
 	restore := s.taskMemory(t)
 	defer restore()
@@ -73,13 +100,17 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
 		return
 	}
-	proc, err := spawn.Start(spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.credential()})
+	proc, err := spawn.Start(spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)})
 	wo.Close()
 	we.Close()
 	if err != nil {
 		ro.Close()
 		re.Close()
-		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: err.Error(), Leaf: s.leafPath})
+		msg := err.Error()
+		if !s.leaf.Exists() {
+			msg = "the slot's cgroup was removed from outside as the command started: " + msg
+		}
+		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: msg, Leaf: s.leafPath})
 		return
 	}
 	wg.Add(2)

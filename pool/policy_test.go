@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cgpool/cgpool/cgroup"
+	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/pool"
+	"golang.org/x/sys/unix"
 )
 
 // waitGone polls until pid no longer runs, failing after d.
@@ -100,6 +103,65 @@ func TestInitializerAndStartFailures(t *testing.T) {
 	if o.Kind != pool.ProcessError || o.Reason != oomwatch.Crashed || !strings.Contains(o.Message, "no worker could be started") {
 		t.Errorf("task on a pool whose worker cannot start: %+v", o)
 	}
+	// Every failed start is counted and its error shown, in the stats and
+	// in the slot's status, while the slot retries.
+	st := q.Stats()
+	if st.WorkerStartFailures < 1 || !strings.Contains(st.LastStartError, "/nonexistent/worker") {
+		t.Errorf("stats after failed starts: worker_start_failures %d, last_start_error %q", st.WorkerStartFailures, st.LastStartError)
+	}
+	submit(t, q, pool.Spec{Payload: []byte("echo:y")}) // keeps a slot trying
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ws := q.Status().Workers
+		if len(ws) > 0 && strings.Contains(ws[0].StartError, "/nonexistent/worker") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no slot shows its start error: %+v", ws)
+		}
+		time.Sleep(time.Millisecond) // polling the pool's status with a deadline
+	}
+}
+
+// TestStartFailureBesideHealthyWorker: a slot that cannot start fails no
+// queued task while a healthy worker of the pool runs: the task waits for
+// a worker (on the old main it failed at the first failed start).
+func TestStartFailureBesideHealthyWorker(t *testing.T) {
+	dir := t.TempDir()
+	broken := filepath.Join(dir, "broken")
+	_, p := newPool(t, func(c *pool.Config) {
+		c.MaxWorkers, c.MinWorkers = 2, intp(1)
+		c.Env["CGPOOL_TEST_FAIL_IF"] = broken
+	})
+	if o := run(t, p, "echo:warm"); o.Kind != pool.Result {
+		t.Fatalf("the healthy worker: %+v", o)
+	}
+	if err := os.WriteFile(broken, nil, 0o600); err != nil { // new workers fail from now on
+		t.Fatal(err)
+	}
+	gate := filepath.Join(dir, "gate")
+	if err := unix.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	busy := submit(t, p, pool.Spec{Payload: []byte("gate:" + gate)})
+	<-busy.running
+	waiting := submit(t, p, pool.Spec{Payload: []byte("echo:waits")}) // a second slot starts for it, and fails
+	deadline := time.Now().Add(30 * time.Second)
+	for p.Stats().WorkerStartFailures < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second slot did not fail to start: %+v", p.Stats())
+		}
+		time.Sleep(time.Millisecond) // polling the pool's counters with a deadline
+	}
+	f, _ := os.OpenFile(gate, os.O_WRONLY, 0)
+	f.Write([]byte{1})
+	f.Close()
+	if o := busy.wait(t, 30*time.Second); o.Kind != pool.Result {
+		t.Errorf("the task on the healthy worker: %+v", o)
+	}
+	if o := waiting.wait(t, 30*time.Second); o.Kind != pool.Result {
+		t.Errorf("a task queued while a slot failed to start, beside a healthy worker: %+v, want it run by the healthy one", o)
+	}
 }
 
 // TestExecPool: an exec pool returns exit status and bounded output,
@@ -130,28 +192,46 @@ func TestWorkersRunAsConfiguredUser(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("starting workers as another user needs root")
 	}
-	// The worker program must be readable by that user: a copy of this
-	// test binary in a directory anyone may enter.
-	dir, err := os.MkdirTemp("", "cgpool-uid")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	self, _ := os.Executable()
-	b, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exe := filepath.Join(dir, "worker")
-	if err := os.WriteFile(exe, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	// The worker program must be readable by that user.
+	exe := kerneltest.PublicExecutable(t)
 	id := uint32(65534)
 	_, p := newPool(t, func(c *pool.Config) { c.Command, c.UID, c.GID = []string{exe}, &id, &id })
 	if o := run(t, p, "ids"); o.Kind != pool.Result || string(o.Payload) != "65534:65534" {
 		t.Fatalf("worker ids: %+v", o)
+	}
+}
+
+// TestVanishedSlotReplaced: an exec slot whose cgroup was removed from
+// outside (its slot, or the whole pool's group) is replaced, and the next
+// tasks run (on the old main the slot failed every task given to it with
+// "fork/exec ...: no such file or directory").
+func TestVanishedSlotReplaced(t *testing.T) {
+	m, err := cgroup.FindMount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, what := range []string{"slot", "pool"} {
+		t.Run(what, func(t *testing.T) {
+			_, p := newPool(t, func(c *pool.Config) { c.Kind, c.Command = pool.KindExec, nil })
+			if o := submit(t, p, pool.Spec{Argv: []string{"/bin/true"}}).wait(t, 10*time.Second); o.Kind != pool.Result {
+				t.Fatalf("first task: %+v", o)
+			}
+			leaf := m.HostPath(p.Status().Workers[0].Leaf)
+			dirs := []string{leaf, filepath.Dir(leaf)}
+			if what == "pool" {
+				dirs = append(dirs, filepath.Dir(filepath.Dir(leaf)))
+			}
+			for _, d := range dirs {
+				if err := os.Remove(d); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range 5 {
+				o := submit(t, p, pool.Spec{Argv: []string{"/bin/echo", "ok"}}).wait(t, 30*time.Second)
+				if o.Kind != pool.Result || strings.TrimSpace(string(o.Stdout)) != "ok" {
+					t.Errorf("task %d after the %s's cgroup vanished: %+v", i, what, o)
+				}
+			}
+		})
 	}
 }

@@ -7,12 +7,13 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/cgpool/cgpool/cgroup"
-	"github.com/cgpool/cgpool/oomwatch"
+	"github.com/cgpool/cgpool/ipc"
 	"github.com/cgpool/cgpool/sched"
 )
 
@@ -24,10 +25,10 @@ type Pool struct {
 	limits cgroup.Limits
 	log    *slog.Logger
 	base   []string // the environment every worker or command starts from
+	euid   uint32   // the supervisor's effective uid
 
 	mu         sync.Mutex
 	queue      *sched.Queue[*Task]
-	byID       map[uint64]*Task
 	slots      map[*slot]struct{}
 	idle       []*slot
 	starting   int
@@ -44,6 +45,14 @@ type Pool struct {
 	expiry     *time.Timer
 	deadline   *time.Timer // shutdown deadline
 	stats      Stats
+	// Admission: the bytes of the queued tasks (payloads, argv, env), and
+	// each peer uid's tasks queued or running.
+	queuedBytes int64
+	inflight    map[uint32]int
+	// Returning memory after bursts (memory.go).
+	scavengeAt  int
+	returning   bool
+	returnAgain time.Duration // a request that came while returning: its delay (> 0)
 
 	wg sync.WaitGroup // slot goroutines
 }
@@ -81,8 +90,8 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 		return nil, fmt.Errorf("pool %s: %w", cfg.Name, err)
 	}
 	p := &Pool{
-		cfg: cfg, group: g, ctrl: ctrl, limits: lim, log: log.With("pool", cfg.Name), base: base,
-		queue: sched.New[*Task](cfg.MaxBacklog), byID: map[uint64]*Task{}, slots: map[*slot]struct{}{},
+		cfg: cfg, group: g, ctrl: ctrl, limits: lim, log: log.With("pool", cfg.Name), base: base, euid: uint32(os.Geteuid()),
+		queue: sched.New[*Task](cfg.MaxBacklog), slots: map[*slot]struct{}{}, inflight: map[uint32]int{}, scavengeAt: scavengeMin,
 		spares: make(chan *incarnation, max(cfg.SpareWorkers, 0)),
 		env:    maps.Clone(cfg.Env), stopCh: make(chan struct{}), room: make(chan struct{}),
 	}
@@ -139,17 +148,28 @@ func (p *Pool) submitLocked(ctx context.Context, spec Spec, notify func(Event)) 
 			p.stats.TasksRejected++
 			return nil, nil, errDraining
 		}
+		if spec.Peer != nil && p.cfg.MaxTasksPerClient > 0 && p.inflight[spec.Peer.UID] >= p.cfg.MaxTasksPerClient {
+			p.stats.TasksRejected++
+			return nil, nil, reject(ipc.RejectOverLimit, ErrOverLimit, fmt.Sprintf("uid %d has %d tasks queued or running in pool %s, its max_tasks_per_client", spec.Peer.UID, p.inflight[spec.Peer.UID], p.cfg.Name))
+		}
+		size := spec.size()
+		var err error
+		if p.queuedBytes+size > p.cfg.MaxQueuedBytes && p.queue.Len() > 0 {
+			err = sched.ErrFull // the backlog's bytes are full: as good as its count
+		}
 		p.nextID++
-		t := &Task{id: p.nextID, spec: spec, notify: notify}
+		t := &Task{id: p.nextID, pool: p, spec: spec, notify: notify}
 		it := sched.Item[*Task]{ID: t.id, Priority: spec.Priority, Client: spec.Client, Value: t}
 		if spec.QueueTimeout > 0 {
 			it.Deadline = time.Now().Add(spec.QueueTimeout)
 		}
-		err := p.queue.Push(it)
+		if err == nil {
+			err = p.queue.Push(it)
+		}
 		if errors.Is(err, sched.ErrFull) {
 			if !spec.Hold {
 				p.stats.TasksRejected++
-				return nil, nil, errFull(p.queue.Len())
+				return nil, nil, errFull(p.queue.Len(), p.queuedBytes)
 			}
 			room := p.room
 			p.mu.Unlock()
@@ -166,7 +186,11 @@ func (p *Pool) submitLocked(ctx context.Context, spec Spec, notify func(Event)) 
 			p.stats.TasksRejected++
 			return nil, nil, errInvalid("%v", err)
 		}
-		p.byID[t.id] = t
+		p.queuedBytes += size
+		p.queueGrewLocked()
+		if spec.Peer != nil {
+			p.inflight[spec.Peer.UID]++
+		}
 		p.stats.TasksReceived++
 		start = p.startInlineLocked(t)
 		if start == nil {
@@ -198,13 +222,17 @@ func (p *Pool) startInlineLocked(t *Task) func() {
 		t.spec.MemoryMax > 0 || len(t.spec.Payload) > inlineMaxPayload {
 		return nil
 	}
-	s := p.idle[len(p.idle)-1]
-	if s.waitW == nil || s.gen < p.recycleGen || s.envOutdatedLocked() || s.waitW.exited() {
+	i := p.pickIdleLocked(t)
+	if i < 0 {
+		return nil
+	}
+	s := p.idle[i]
+	if s.waitW == nil || s.gen < p.recycleGen || s.envOutdatedLocked() || !s.fitsLocked(t) || s.waitW.exited() {
 		return nil
 	}
 	w := s.waitW
 	p.queue.Pop()
-	p.idle = p.idle[:len(p.idle)-1]
+	p.idle = slices.Delete(p.idle, i, i+1)
 	s.takeLocked(t)
 	s.waitW = nil // no wake-up may cut into the answer now
 	w.nc.SetReadDeadline(time.Time{})
@@ -227,7 +255,11 @@ func (p *Pool) startInlineLocked(t *Task) func() {
 	}
 }
 
+// validate checks a submission against the pool's kind and ceilings, and
+// fills the default timeout. A value above a ceiling is refused
+// (over_limit), never clamped.
 func (p *Pool) validate(s *Spec) error {
+	c := &p.cfg
 	switch {
 	case s.Priority < 0:
 		return errInvalid("priority %d: must be >= 0", s.Priority)
@@ -235,29 +267,77 @@ func (p *Pool) validate(s *Spec) error {
 		return errInvalid("negative timeout")
 	case s.MemoryMax < 0:
 		return errInvalid("negative memory limit")
-	case p.cfg.Kind == KindExec && len(s.Argv) == 0:
-		return errInvalid("pool %s runs commands: the task needs an argv", p.cfg.Name)
-	case p.cfg.Kind == KindWorker && len(s.Argv) != 0:
-		return errInvalid("pool %s runs a worker program: a task carries a payload, not an argv", p.cfg.Name)
+	case c.Kind == KindExec && len(s.Argv) == 0:
+		return errInvalid("pool %s runs commands: the task needs an argv", c.Name)
+	case c.Kind == KindExec && len(s.Payload) > 0:
+		return errInvalid("pool %s runs commands: a task carries an argv and no payload (%d bytes sent)", c.Name, len(s.Payload))
+	case c.Kind == KindWorker && len(s.Argv) != 0:
+		return errInvalid("pool %s runs a worker program: a task carries a payload, not an argv", c.Name)
+	case c.MaxTimeout > 0 && s.Timeout > c.MaxTimeout:
+		return overLimit("timeout %v is above pool %s's max_timeout %v", s.Timeout, c.Name, c.MaxTimeout)
+	case int64(len(s.Payload)) > c.MaxPayloadBytes:
+		return reject(ipc.RejectTooLarge, ErrOverLimit, fmt.Sprintf("payload of %d bytes is above pool %s's max_payload_bytes %d", len(s.Payload), c.Name, c.MaxPayloadBytes))
+	}
+	if n := envBytes(s.Env); n > c.MaxEnvBytes {
+		return overLimit("environment additions of %d bytes are above pool %s's max_env_bytes %d", n, c.Name, c.MaxEnvBytes)
+	}
+	if n := argvBytes(s.Argv); n > c.MaxArgvBytes {
+		return overLimit("argv of %d bytes is above pool %s's max_argv_bytes %d", n, c.Name, c.MaxArgvBytes)
+	}
+	if c.Kind == KindExec && c.fixed == nil && p.euid == 0 && s.Peer != nil && s.Peer.UID == 0 && !c.AllowRoot {
+		return reject(ipc.RejectForbidden, ErrForbidden, fmt.Sprintf("pool %s runs each command as the user who submits it, and runs none as root unless its configuration says allow_root = true", c.Name))
 	}
 	if s.MemoryMax > 0 {
 		if !slices.Contains(p.ctrl, "memory") {
 			return errInvalid("memory limit %d: the memory controller is not available to cgroup v2 here (controllers: %q); use a pure cgroup v2 host or the VM (scripts/vm-test.sh)", s.MemoryMax, p.ctrl)
 		}
-		if p.cfg.MemoryMax > 0 && s.MemoryMax > p.cfg.MemoryMax {
-			return errInvalid("memory limit %d above the pool's memory_max %d", s.MemoryMax, p.cfg.MemoryMax)
+		if c.MemoryMax > 0 && s.MemoryMax > c.MemoryMax {
+			return overLimit("memory limit %d is above pool %s's memory_max %d", s.MemoryMax, c.Name, c.MemoryMax)
 		}
 	}
 	if s.Timeout == 0 {
-		s.Timeout = p.cfg.DefaultTimeout
+		s.Timeout = c.DefaultTimeout
+		if s.Timeout == 0 {
+			s.Timeout = c.MaxTimeout // none asked, no default: the ceiling still holds
+		}
 	}
 	return nil
+}
+
+func envBytes(env map[string]string) int64 {
+	var n int64
+	for k, v := range env {
+		n += int64(len(k) + len(v) + 2) // "K=V\0"
+	}
+	return n
+}
+
+func argvBytes(argv []string) int64 {
+	var n int64
+	for _, a := range argv {
+		n += int64(len(a) + 1)
+	}
+	return n
 }
 
 // dispatchLocked wakes idle slots for queued tasks and starts new slots
 // while there is more work than hands, up to MaxWorkers.
 func (p *Pool) dispatchLocked() {
 	n := p.queue.Len()
+	if it, ok := p.queue.Peek(); ok && len(p.idle) > 0 {
+		// The next task goes to a worker that may run it as it is, if one
+		// is idle (see slot.owner), rather than to one that must be
+		// replaced first; if none is idle but one of its owner's has just
+		// finished a task (and is on its way back), that one takes it.
+		if i := p.pickIdleLocked(it.Value); i >= 0 {
+			s := p.idle[i]
+			p.idle = slices.Delete(p.idle, i, i+1)
+			s.wakeLocked()
+			n--
+		} else if p.ownerReturningLocked(it.Value) {
+			n--
+		}
+	}
 	for n > 0 && len(p.idle) > 0 {
 		s := p.idle[len(p.idle)-1]
 		p.idle = p.idle[:len(p.idle)-1]
@@ -270,8 +350,44 @@ func (p *Pool) dispatchLocked() {
 	}
 }
 
+// pickIdleLocked returns the index in p.idle of the slot that should run
+// t: the most recently idle one whose worker serves t's owner, else the
+// most recently idle unbound one, else the most recently idle one; -1 if
+// no idle slot fits t (an exec pool's always do).
+func (p *Pool) pickIdleLocked(t *Task) int {
+	last := len(p.idle) - 1
+	if p.cfg.Kind != KindWorker {
+		return last
+	}
+	want := taskOwner(t)
+	unbound := -1
+	for i := last; i >= 0; i-- {
+		switch o := p.idle[i].owner; {
+		case o != nil && *o == want:
+			return i
+		case o == nil && unbound < 0:
+			unbound = i
+		}
+	}
+	return unbound
+}
+
+// ownerReturningLocked reports whether a slot that serves t's owner has
+// just finished its task and is on its way back to the queue: it takes t
+// in a moment, and no idle worker of another owner needs to be replaced
+// for t. (A slot still busy does not count: t would wait for its task.)
+func (p *Pool) ownerReturningLocked(t *Task) bool {
+	want := taskOwner(t)
+	for s := range p.slots {
+		if s.alive && s.task == nil && s.owner != nil && *s.owner == want && !slices.Contains(p.idle, s) {
+			return true
+		}
+	}
+	return false
+}
+
 func (p *Pool) startSlotLocked() {
-	s := &slot{p: p, wake: make(chan struct{}, 1), state: "starting"}
+	s := &slot{p: p, wake: make(chan struct{}, 1), state: "starting", inStarting: true}
 	p.slots[s] = struct{}{}
 	p.starting++
 	p.wg.Add(1)
@@ -316,15 +432,40 @@ func (p *Pool) dequeuedLocked(items []sched.Item[*Task], kind OutcomeKind) []*Ta
 	out := make([]*Task, 0, len(items))
 	for _, it := range items {
 		t := it.Value
-		t.state = done
-		delete(p.byID, t.id)
-		p.countLocked(&Outcome{Kind: kind})
+		p.endLocked(t, &Outcome{Kind: kind})
 		out = append(out, t)
 	}
 	if len(items) > 0 {
 		p.signalRoomLocked()
 	}
 	return out
+}
+
+// endLocked ends a task with its one terminal outcome: it leaves the
+// pool's books (its id, its queued bytes, its peer's tasks in flight) and
+// is counted. The caller notifies it after unlocking.
+func (p *Pool) endLocked(t *Task, o *Outcome) {
+	if t.state == done { // one terminal outcome per task, always: a bug if not
+		p.log.Error("a task was ended twice; the second outcome is dropped from the statistics", "task", t.id, "outcome", o.Kind)
+		return
+	}
+	if t.state == queued {
+		p.leaveQueueLocked(t)
+	}
+	t.state = done
+	if t.spec.Peer != nil {
+		if p.inflight[t.spec.Peer.UID]--; p.inflight[t.spec.Peer.UID] <= 0 {
+			delete(p.inflight, t.spec.Peer.UID)
+		}
+	}
+	p.countLocked(o)
+}
+
+// leaveQueueLocked gives back the backlog bytes of a task that leaves the
+// queue (to start, or to end).
+func (p *Pool) leaveQueueLocked(t *Task) {
+	p.queuedBytes -= t.spec.size()
+	p.queueShrankLocked()
 }
 
 // countLocked updates the statistics for a terminal outcome. Anything but
@@ -356,30 +497,35 @@ func (p *Pool) countLocked(o *Outcome) {
 // false and "done".
 func (p *Pool) Cancel(id uint64, hard bool) (ok bool, state string) {
 	p.mu.Lock()
-	t := p.byID[id]
-	if t == nil {
-		p.mu.Unlock()
-		return false, "done"
-	}
-	switch t.state {
-	case queued:
-		p.queue.Remove(id)
+	if it, queued := p.queue.Remove(id); queued {
+		t := it.Value
 		p.signalRoomLocked()
-		t.state = done
-		delete(p.byID, id)
-		p.countLocked(&Outcome{Kind: Cancelled})
+		p.endLocked(t, &Outcome{Kind: Cancelled})
 		p.mu.Unlock()
 		t.notify(Event{Outcome: &Outcome{Kind: Cancelled, Message: "cancelled before it started"}})
 		return true, "queued"
-	case running:
-		if hard {
-			p.killTaskLocked(t, oomwatch.Cancel)
+	}
+	for s := range p.slots {
+		if t := s.task; t != nil && t.id == id && t.state == running {
+			if hard {
+				p.killTaskLocked(t, killedCancel)
+			}
+			p.mu.Unlock()
+			return hard, "running"
 		}
-		p.mu.Unlock()
-		return hard, "running"
 	}
 	p.mu.Unlock()
 	return false, "done"
+}
+
+// runningLocked calls f for each running task: the tasks of the slots
+// (a task leaves the queue and becomes its slot's under one hold of p.mu).
+func (p *Pool) runningLocked(f func(*Task)) {
+	for s := range p.slots {
+		if t := s.task; t != nil && t.state == running {
+			f(t)
+		}
+	}
 }
 
 // ForgetClient applies the disconnect policy to a client's tasks.
@@ -390,11 +536,11 @@ func (p *Pool) ForgetClient(client uint64) {
 	p.mu.Lock()
 	cancelled := p.dequeuedLocked(p.queue.RemoveClient(client), Cancelled)
 	if p.cfg.OnDisconnect == Terminate {
-		for _, t := range p.byID {
+		p.runningLocked(func(t *Task) {
 			if t.spec.Client == client {
-				p.killTaskLocked(t, oomwatch.Cancel)
+				p.killTaskLocked(t, killedCancel)
 			}
-		}
+		})
 	}
 	p.mu.Unlock()
 	for _, t := range cancelled {
@@ -404,8 +550,13 @@ func (p *Pool) ForgetClient(client uint64) {
 
 // SetEnv changes the environment that workers started from now on get
 // (running workers keep theirs until Recycle). replace drops variables
-// not in env.
-func (p *Pool) SetEnv(env map[string]string, replace bool) {
+// not in env. A variable on the deny list (LD_PRELOAD, LD_LIBRARY_PATH and
+// the like, unless the pool's AllowEnv names it) fails the whole call and
+// changes nothing.
+func (p *Pool) SetEnv(env map[string]string, replace bool) error {
+	if err := p.cfg.checkEnv(env); err != nil {
+		return err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if replace {
@@ -413,9 +564,10 @@ func (p *Pool) SetEnv(env map[string]string, replace bool) {
 		if p.env == nil {
 			p.env = map[string]string{}
 		}
-		return
+		return nil
 	}
 	maps.Copy(p.env, env)
+	return nil
 }
 
 // Env returns a copy of the pool's current environment additions.
@@ -472,9 +624,12 @@ func (p *Pool) Status() Status {
 	ws := make([]WorkerStatus, 0, len(slots))
 	groups := make([]*cgroup.Group, 0, len(slots))
 	for _, s := range slots {
-		w := WorkerStatus{Slot: s.name, Pid: s.pid, Leaf: s.leafPath, State: s.state, TasksDone: s.tasksDone}
+		w := WorkerStatus{Slot: s.name, Pid: s.pid, Leaf: s.leafPath, State: s.state, TasksDone: s.tasksDone, StartError: s.startErr, taskUID: -1}
 		if s.task != nil {
 			w.Task = s.task.id
+			if pr := s.task.spec.Peer; pr != nil {
+				w.taskUID = int64(pr.UID)
+			}
 		}
 		ws = append(ws, w)
 		groups = append(groups, s.groupRef)
@@ -566,20 +721,26 @@ func (p *Pool) beginShutdown(o ShutdownOptions) {
 	if o.Deadline > 0 {
 		p.mu.Lock()
 		if p.deadline == nil {
-			p.deadline = time.AfterFunc(o.Deadline, func() {
-				p.mu.Lock()
-				p.killRunningLocked()
-				p.mu.Unlock()
-			})
+			p.deadline = time.AfterFunc(o.Deadline, p.deadlinePassed)
 		}
 		p.mu.Unlock()
 	}
 }
 
-func (p *Pool) killRunningLocked() {
-	for _, t := range p.byID {
-		p.killTaskLocked(t, oomwatch.Cancel)
+// deadlinePassed ends a shutdown's grace: nothing new starts, every queued
+// task is cancelled, and every running one is killed (and cancelled).
+func (p *Pool) deadlinePassed() {
+	p.mu.Lock()
+	cancelled := p.dequeuedLocked(p.queue.Drain(), Cancelled)
+	p.killRunningLocked()
+	p.mu.Unlock()
+	for _, t := range cancelled {
+		t.notify(Event{Outcome: &Outcome{Kind: Cancelled, Message: "cancelled: the shutdown's deadline passed before it started"}})
 	}
+}
+
+func (p *Pool) killRunningLocked() {
+	p.runningLocked(func(t *Task) { p.killTaskLocked(t, killedCancel) })
 }
 
 // Wait blocks until every slot goroutine has exited after Shutdown, then

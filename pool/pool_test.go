@@ -32,7 +32,7 @@ func newPool(t *testing.T, mod func(*pool.Config)) (*pool.Supervisor, *pool.Pool
 // this test binary (see TestMain), changed by mod.
 func testConfig(mod func(*pool.Config)) pool.Config {
 	exe, _ := os.Executable()
-	cfg := pool.Config{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1,
+	cfg := pool.Config{Name: "test", Kind: pool.KindWorker, Command: []string{exe}, MaxWorkers: 1, AllowRoot: true,
 		Env: map[string]string{"CGPOOL_TEST_WORKER": "1"}}
 	if mod != nil {
 		mod(&cfg)
@@ -439,6 +439,45 @@ func TestFreshWorkerGetsCurrentEnvironment(t *testing.T) {
 				if got := string(run(t, p, "env:PROP").Payload); got != want {
 					t.Fatalf("round %d: PROP = %q, want %q", i, got, want)
 				}
+			}
+		})
+	}
+}
+
+// TestSlotPanicIsContained: a panic in a slot's goroutine (a bug in cgpool)
+// ends only that slot's task, with reason lost; the supervisor (this test
+// process) lives on, the slot is replaced, and the next task runs.
+func TestSlotPanicIsContained(t *testing.T) {
+	pool.SetTestHookRunTask(func(payload []byte, argv []string) {
+		if string(payload) == "panic" || slices.Contains(argv, "panic") {
+			panic("injected by the test")
+		}
+	})
+	t.Cleanup(func() { pool.SetTestHookRunTask(nil) })
+	for _, k := range []pool.Kind{pool.KindWorker, pool.KindExec} {
+		t.Run(string(k), func(t *testing.T) {
+			_, p := newPool(t, func(c *pool.Config) {
+				c.Kind = k
+				if k == pool.KindExec {
+					c.Command = nil
+				}
+			})
+			spec, next := pool.Spec{Payload: []byte("panic")}, pool.Spec{Payload: []byte("echo:after")}
+			if k == pool.KindExec {
+				spec, next = pool.Spec{Argv: []string{"/bin/echo", "panic"}}, pool.Spec{Argv: []string{"/bin/echo", "after"}}
+			}
+			o := submit(t, p, spec).wait(t, 30*time.Second)
+			if o.Kind != pool.ProcessError || o.Reason != pool.ReasonLost {
+				t.Errorf("the task whose slot panicked: %+v, want a process error of reason lost", o)
+			}
+			o = submit(t, p, next).wait(t, 30*time.Second)
+			if o.Kind != pool.Result {
+				t.Errorf("the next task: %+v, want a result", o)
+			}
+			st := p.Stats()
+			if n := len(p.Status().Workers); st.SlotPanics != 1 || st.FailuresByReason["lost"] != 1 || n != 1 {
+				t.Errorf("after one panic: slot_panics %d, failures %v, %d slots; want 1, lost 1, 1 slot",
+					st.SlotPanics, st.FailuresByReason, n)
 			}
 		})
 	}

@@ -37,7 +37,7 @@ func startServerTB(t testing.TB, mod func(*pool.Config)) (sock string, p *pool.P
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := pool.NewServer(s, ln, nil)
+	srv := pool.NewServer(s, ln, pool.ServerOptions{})
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()

@@ -95,3 +95,35 @@ func TestShutdownFullBacklog(t *testing.T) {
 		}
 	}
 }
+
+// TestShutdownDeadlineBounds: after a shutdown's deadline nothing new
+// starts: the running task is killed and every queued one cancelled, so
+// the shutdown ends near its deadline (on the old main the queued tasks
+// started after the kill and ran to their end).
+func TestShutdownDeadlineBounds(t *testing.T) {
+	s, err := pool.NewSupervisor(kerneltest.NewRoot(t), []pool.Config{testConfig(nil)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := s.Pool("test")
+	running := submit(t, p, pool.Spec{Payload: []byte("sleep:30000")})
+	<-running.running
+	queued := []*future{submit(t, p, pool.Spec{Payload: []byte("sleep:3000")}), submit(t, p, pool.Spec{Payload: []byte("sleep:3000")})}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx, pool.ShutdownOptions{Wait: true, Deadline: 300 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2500*time.Millisecond {
+		t.Errorf("a shutdown with a 300 ms deadline took %v", took)
+	}
+	if o := running.wait(t, time.Second); o.Kind != pool.Cancelled {
+		t.Errorf("the running task: %+v, want cancelled", o)
+	}
+	for i, f := range queued {
+		if o := f.wait(t, time.Second); o.Kind != pool.Cancelled {
+			t.Errorf("queued task %d: %+v, want cancelled", i, o)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,15 +32,22 @@ type slot struct {
 	wake chan struct{}
 
 	// Guarded by p.mu.
-	state     string      // starting, idle, busy, retiring
-	waitW     *workerProc // set while idle and waiting on this worker's socket (wake with wakeLocked)
-	task      *Task
-	alive     bool
-	pid       int
-	name      string
-	leafPath  string
-	groupRef  *cgroup.Group
-	tasksDone int64
+	state      string      // starting, idle, busy, retiring
+	waitW      *workerProc // set while idle and waiting on this worker's socket (wake with wakeLocked)
+	task       *Task
+	alive      bool
+	pid        int
+	name       string
+	leafPath   string
+	groupRef   *cgroup.Group
+	tasksDone  int64
+	startErr   string // why the last start failed, until one succeeds
+	inStarting bool   // counted in p.starting
+	// owner is whose tasks the slot's worker runs (worker pools): set by
+	// its first task, cleared with each new worker. A worker never runs a
+	// task of another owner: one client's code, loaded into a worker, must
+	// never run beside another client's tasks.
+	owner *owner
 
 	// Owned by the slot goroutine.
 	incarnation
@@ -50,6 +58,7 @@ func (s *slot) run() {
 	p := s.p
 	defer p.wg.Done()
 	defer s.exit()
+	defer s.recoverPanic()
 	for {
 		if s.group == nil {
 			if !s.start() {
@@ -75,13 +84,15 @@ func (s *slot) run() {
 func (s *slot) start() bool {
 	p := s.p
 	p.mu.Lock()
-	if s.state != "starting" {
-		s.state = "starting"
+	s.state = "starting"
+	if !s.inStarting { // startSlotLocked counted a new slot already
+		s.inStarting = true
 		p.starting++
 	}
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
+		s.inStarting = false
 		p.starting--
 		p.mu.Unlock()
 	}()
@@ -89,18 +100,27 @@ func (s *slot) start() bool {
 		err := s.setup()
 		if err == nil {
 			s.failures = 0
+			p.mu.Lock()
+			s.startErr = ""
+			p.mu.Unlock()
 			return true
 		}
 		s.teardown(false)
 		s.failures++
-		p.log.Error("worker failed to start", "err", err, "attempt", s.failures)
-		p.failOldestQueued(err)
-		backoff := time.NewTimer(min(50*time.Millisecond<<min(s.failures, 7), 5*time.Second))
+		backoff := min(50*time.Millisecond<<min(s.failures, 7), 5*time.Second)
+		p.log.Error("worker failed to start", "err", err, "attempt", s.failures, "retry_in", backoff)
+		p.mu.Lock()
+		p.stats.WorkerStartFailures++
+		p.stats.LastStartError = err.Error()
+		s.startErr = err.Error()
+		p.mu.Unlock()
+		p.failNextQueued(err)
+		t := time.NewTimer(backoff)
 		select {
 		case <-p.stopCh:
-			backoff.Stop()
+			t.Stop()
 			return false
-		case <-backoff.C:
+		case <-t.C:
 		}
 	}
 }
@@ -145,6 +165,17 @@ func (p *Pool) prepare() (*incarnation, error) {
 
 func (inc *incarnation) build(p *Pool) error {
 	g, err := p.group.Mkdir(inc.name)
+	if errors.Is(err, os.ErrNotExist) && !p.group.Exists() {
+		// The pool's group was removed from outside (every slot in it had
+		// to be empty): make it again, or no slot could ever start.
+		p.log.Warn("the pool's cgroup was removed from outside; making it again", "path", p.group.Path())
+		if err = p.group.Recreate(); err == nil {
+			err = p.group.EnableControllers(p.ctrl...)
+		}
+		if err == nil {
+			g, err = p.group.Mkdir(inc.name)
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -173,7 +204,7 @@ func (inc *incarnation) build(p *Pool) error {
 		return err
 	}
 	if p.cfg.Kind == KindWorker {
-		w, hello, err := startWorker(inc.leafDir, p.cfg.Command, inc.env, p.credential())
+		w, hello, err := startWorker(inc.leafDir, p.cfg.Command, inc.env, p.workerCredential())
 		if err != nil {
 			return err
 		}
@@ -247,7 +278,7 @@ func (s *slot) setup() error {
 	}
 	p.stats.WorkerProcessesCreated++
 	s.name, s.leafPath, s.groupRef, s.pid, s.alive = inc.name, s.leaf.CgroupPath(), s.group, pid, true
-	s.tasksDone = 0
+	s.tasksDone, s.owner = 0, nil
 	p.mu.Unlock()
 	return nil
 }
@@ -325,36 +356,57 @@ func (p *Pool) envLocked(name string) []string {
 		"CGPOOL_SLOT_CGROUP="+filepath.Join(p.group.Path(), name))
 }
 
-func (p *Pool) credential() *syscall.Credential {
-	if p.cfg.UID == nil && p.cfg.GID == nil {
-		return nil
+// workerCredential is who a worker pool's workers run as: the pool's fixed
+// user, or (allow_root, checked by normalize) root with root's own groups;
+// nil for a supervisor that is not root, whose workers run as itself.
+func (p *Pool) workerCredential() *syscall.Credential {
+	switch {
+	case p.cfg.fixed != nil:
+		return p.cfg.fixed.credential()
+	case p.euid == 0:
+		id := LookupIdentity(0, 0)
+		return id.credential()
 	}
-	c := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), NoSetGroups: true}
-	if p.cfg.UID != nil {
-		c.Uid = *p.cfg.UID
-	}
-	if p.cfg.GID != nil {
-		c.Gid = *p.cfg.GID
-	}
-	return c
+	return nil
 }
 
-// failOldestQueued fails the next queued task because no worker could be
-// started for it, so that a broken worker program never leaves tasks
-// waiting forever.
-func (p *Pool) failOldestQueued(cause error) {
+// taskCredential is who an exec task runs as (see Config.User): the
+// pool's fixed user; else, in a root supervisor, the peer that submitted
+// it (a task of an in-process caller, such as cgpool run, runs as root
+// with root's groups); nil for a supervisor that is not root.
+func (p *Pool) taskCredential(s *Spec) *syscall.Credential {
+	switch {
+	case p.cfg.fixed != nil:
+		return p.cfg.fixed.credential()
+	case p.euid != 0:
+		return nil
+	case s.Peer != nil:
+		return s.Peer.credential() // root only with allow_root: checked by validate
+	}
+	id := LookupIdentity(0, 0)
+	return id.credential()
+}
+
+// failNextQueued fails the task a worker would take next, because no
+// worker could be started for it and no other worker of the pool runs: a
+// broken worker program must never leave tasks waiting for ever. While a
+// healthy worker runs, the queue is left to it.
+func (p *Pool) failNextQueued(cause error) {
 	p.mu.Lock()
+	for s := range p.slots {
+		if s.alive {
+			p.mu.Unlock()
+			return
+		}
+	}
 	it, ok := p.queue.Pop()
 	if !ok {
 		p.mu.Unlock()
 		return
 	}
 	t := it.Value
-	t.state = done
-	delete(p.byID, t.id)
 	o := &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "no worker could be started: " + cause.Error()}
-	p.countLocked(o)
-	p.stats.WorkerStartFailures++
+	p.endLocked(t, o)
 	p.signalRoomLocked()
 	p.mu.Unlock()
 	t.notify(Event{Outcome: o})
@@ -392,7 +444,13 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 			p.log.Warn("idle worker died; replacing it (no task was running)", "pid", s.pid)
 			return nil, true, nil
 		}
-		if it, ok := p.queue.Pop(); ok {
+		if it, ok := p.queue.Peek(); ok {
+			if !s.fitsLocked(it.Value) {
+				p.stats.WorkersRetired++
+				p.log.Debug("replacing a worker before it runs a task of another owner", "pid", s.pid, "owner", *s.owner)
+				return nil, true, nil
+			}
+			p.queue.Pop()
 			s.takeLocked(it.Value)
 			return it.Value, false, nil
 		}
@@ -498,10 +556,38 @@ func (s *slot) retireIdleLocked() bool {
 	return true
 }
 
+// owner is who a worker-pool task belongs to: its peer (none for an
+// in-process caller) and its affinity.
+type owner struct {
+	peer     bool
+	uid      uint32
+	affinity string
+}
+
+func taskOwner(t *Task) owner {
+	o := owner{affinity: t.spec.Affinity}
+	if t.spec.Peer != nil {
+		o.peer, o.uid = true, t.spec.Peer.UID
+	}
+	return o
+}
+
+// fitsLocked reports whether the slot's worker may run t: an exec slot
+// runs anything (each command is a new process, as its submitter), a
+// worker only its owner's tasks.
+func (s *slot) fitsLocked(t *Task) bool {
+	return s.p.cfg.Kind != KindWorker || s.owner == nil || *s.owner == taskOwner(t)
+}
+
 // takeLocked makes t the slot's running task.
 func (s *slot) takeLocked(t *Task) {
 	p := s.p
-	t.state, t.slot, t.started = running, s, time.Now()
+	if p.cfg.Kind == KindWorker && s.owner == nil {
+		o := taskOwner(t)
+		s.owner = &o
+	}
+	p.leaveQueueLocked(t)
+	t.state, t.slot = running, s
 	s.task, s.state = t, "busy"
 	p.stats.TasksLaunched++
 	busy := int64(0)
@@ -530,7 +616,9 @@ func (s *slot) wakeLocked() {
 }
 
 // exit ends the slot goroutine: the worker is asked to exit, the slot's
-// group is destroyed and the slot forgotten.
+// group is destroyed and the slot forgotten. A pool that is not stopping
+// starts what the queue and MinWorkers still need (a slot that exits
+// after a panic is replaced so).
 func (s *slot) exit() {
 	s.teardown(true)
 	p := s.p
@@ -539,8 +627,50 @@ func (s *slot) exit() {
 	if i := slices.Index(p.idle, s); i >= 0 {
 		p.idle = slices.Delete(p.idle, i, i+1)
 	}
+	if !p.stopping {
+		for len(p.slots) < *p.cfg.MinWorkers {
+			p.startSlotLocked()
+		}
+		p.dispatchLocked()
+	}
 	p.mu.Unlock()
 }
+
+// recoverPanic keeps a bug in one slot's goroutine from taking the
+// supervisor, and every other pool and task, down with it: the panic is
+// logged with its stack and counted, the slot's task (if one runs) ends
+// with a process error of reason lost, and the slot is torn down (exit,
+// deferred before this) and replaced.
+func (s *slot) recoverPanic() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	p := s.p
+	p.log.Error("a worker slot's goroutine panicked: its task is reported lost, the slot is torn down and replaced; this is a bug in cgpool",
+		"slot", s.name, "panic", v, "stack", string(debug.Stack()))
+	p.mu.Lock()
+	p.stats.SlotPanics++
+	t := s.task
+	s.task = nil
+	var o *Outcome
+	if t != nil && t.state == running {
+		o = &Outcome{Kind: ProcessError, Reason: ReasonLost, Pid: s.pid, Leaf: s.leafPath, ExitCode: -1,
+			Message: fmt.Sprintf("the supervisor lost this task to an internal error (%v); it may have run in part", v)}
+		p.endLocked(t, o)
+	}
+	p.mu.Unlock()
+	if o != nil {
+		if t.stop != nil {
+			t.stop()
+		}
+		t.notify(Event{Outcome: o})
+	}
+}
+
+// testHookRunTask, when set (by tests only), is called by a slot goroutine
+// as it starts each task.
+var testHookRunTask func(*Task)
 
 // teardown stops the worker (gracefully if asked and possible) and
 // destroys the slot's group: nothing that ran in it survives.
@@ -556,33 +686,40 @@ func (s *slot) teardown(graceful bool) {
 func (s *slot) finish(t *Task, o *Outcome) {
 	p := s.p
 	p.mu.Lock()
-	t.state = done
-	delete(p.byID, t.id)
+	p.endLocked(t, o)
 	s.task = nil
 	s.tasksDone++
 	if s.state == "busy" {
 		s.state = "idle"
 	}
-	p.countLocked(o)
 	p.mu.Unlock()
 	t.notify(Event{Outcome: o})
 }
 
 // taskMemory applies a task's own memory limit to the slot and returns
-// the function that restores the pool's.
-func (s *slot) taskMemory(t *Task) func() {
+// the function that restores the pool's. The restore is for a slot that
+// keeps its group after the task; a slot torn down meanwhile (a timeout,
+// an OOM kill, a crash, a retirement) has no group left to restore, and
+// the restore does nothing.
+func (s *slot) taskMemory(t *Task) (restore func()) {
 	if t.spec.MemoryMax <= 0 {
 		return func() {}
 	}
-	if err := s.group.WriteFile("memory.max", strconv.FormatInt(t.spec.MemoryMax, 10)); err != nil {
+	g := s.group
+	if err := g.WriteFile("memory.max", strconv.FormatInt(t.spec.MemoryMax, 10)); err != nil {
 		s.p.log.Error("could not set a task's memory limit", "err", err)
 	}
 	return func() {
+		if s.group != g {
+			return // torn down: the group went with the task
+		}
 		v := "max"
 		if s.p.cfg.MemoryMax > 0 {
 			v = strconv.FormatInt(s.p.cfg.MemoryMax, 10)
 		}
-		_ = s.group.WriteFile("memory.max", v)
+		if err := g.WriteFile("memory.max", v); err != nil {
+			s.p.log.Error("could not restore the pool's memory limit on a slot", "slot", g.Path(), "err", err)
+		}
 	}
 }
 
@@ -607,6 +744,9 @@ func waitExit(proc *spawn.Process, d time.Duration) spawn.Exit {
 // read ends.
 func (s *slot) runWorkerTask(t *Task, pre *read) {
 	p := s.p
+	if testHookRunTask != nil {
+		testHookRunTask(t)
+	}
 	w := s.w
 	pid := w.pid()
 	before := s.baseline
@@ -705,17 +845,17 @@ func taskHeader(t *Task) ipc.Header {
 func (p *Pool) killReason(t *Task) oomwatch.Reason {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return t.killReason
+	return t.kill.reason()
 }
 
 // killTaskLocked kills a running task's slot group, once, recording why.
 // The slot cannot finish the task while p.mu is held, so the kill always
 // hits the group the task runs in.
-func (p *Pool) killTaskLocked(t *Task, why oomwatch.Reason) {
-	if t.state != running || t.killReason != "" {
+func (p *Pool) killTaskLocked(t *Task, why killKind) {
+	if t.state != running || t.kill != notKilled {
 		return
 	}
-	t.killReason = why
+	t.kill = why
 	if err := t.slot.group.Kill(); err != nil {
 		p.log.Error("cgroup.kill failed", "slot", t.slot.group.Path(), "err", err)
 	}
@@ -729,7 +869,7 @@ func (p *Pool) armTimeout(t *Task) (stop func() bool) {
 	}
 	return time.AfterFunc(t.spec.Timeout, func() {
 		p.mu.Lock()
-		p.killTaskLocked(t, oomwatch.Timeout)
+		p.killTaskLocked(t, killedTimeout)
 		p.mu.Unlock()
 	}).Stop
 }

@@ -25,8 +25,13 @@ type Stats struct {
 	WorkersTrimmed          int64            `json:"workers_trimmed"`
 	InitializerFailures     int64            `json:"initializer_failures"`
 	WorkerStartFailures     int64            `json:"worker_start_failures"`
-	MaxWorkers              int              `json:"max_workers"`
-	MinWorkers              int              `json:"min_workers"`
+	// LastStartError is why the last failed worker start failed.
+	LastStartError string `json:"last_start_error,omitempty"`
+	// SlotPanics counts internal errors that a slot survived by being
+	// replaced (each is a bug in cgpool, logged with its stack).
+	SlotPanics int64 `json:"slot_panics"`
+	MaxWorkers int   `json:"max_workers"`
+	MinWorkers int   `json:"min_workers"`
 }
 
 // WorkerStatus is one worker slot as `cgpool ps` shows it.
@@ -39,6 +44,10 @@ type WorkerStatus struct {
 	MemoryCurrent int64  `json:"memory_current"`
 	MemoryPeak    int64  `json:"memory_peak"`
 	TasksDone     int64  `json:"tasks_done"`
+	// StartError is why the slot's last start failed, while it retries.
+	StartError string `json:"start_error,omitempty"`
+
+	taskUID int64 // the uid of the peer whose task runs, or -1
 }
 
 // Status is a pool's state for `cgpool ps`.
@@ -46,4 +55,17 @@ type Status struct {
 	Pool    string         `json:"pool"`
 	Kind    Kind           `json:"kind"`
 	Workers []WorkerStatus `json:"workers"`
+}
+
+// redact removes what a peer of uid may not see of other peers' work: the
+// pid, cgroup, task id and memory of every slot that does not run one of
+// its own tasks. States and counts stay.
+func (st *Status) redact(uid uint32) {
+	for i := range st.Workers {
+		w := &st.Workers[i]
+		if w.taskUID == int64(uid) {
+			continue
+		}
+		w.Pid, w.Leaf, w.Task, w.MemoryCurrent, w.MemoryPeak = 0, "", 0, 0, 0
+	}
 }

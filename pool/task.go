@@ -20,9 +20,24 @@ type Spec struct {
 
 	// Client identifies the submitter for fairness and disconnect policy.
 	Client uint64
+	// Peer is the user who submitted the task, from its connection's
+	// SO_PEERCRED and the account database (LookupIdentity); nil for an
+	// in-process caller (cgpool run), which is trusted as the supervisor
+	// itself. A root supervisor runs a peer's exec task as the peer (see
+	// Config.User), and never gives a worker that served one peer a task of
+	// another.
+	Peer *Identity
+	// Affinity names the program a worker-pool task belongs to: a worker
+	// runs the tasks of one (peer, affinity) pair only.
+	Affinity string
 	// Hold makes Submit wait for room in a full backlog (until its context
 	// ends) instead of refusing with ErrQueueFull.
 	Hold bool
+}
+
+// size is the backlog bytes the task holds while queued.
+func (s *Spec) size() int64 {
+	return int64(len(s.Payload)) + argvBytes(s.Argv) + envBytes(s.Env) + int64(len(s.Affinity))
 }
 
 // OutcomeKind is the kind of a task's one terminal outcome.
@@ -36,6 +51,11 @@ const (
 	Cancelled    OutcomeKind = "cancelled"
 	QueueTimeout OutcomeKind = "queue_timeout"
 )
+
+// ReasonLost is the process-error reason of a task that the supervisor
+// lost track of through an internal error (a panic in its slot's
+// goroutine): it may have run in part. oomwatch's reasons are the others.
+const ReasonLost oomwatch.Reason = "lost"
 
 // Outcome is how a task ended. Exactly one is delivered per accepted task.
 type Outcome struct {
@@ -81,7 +101,7 @@ type Event struct {
 	Outcome *Outcome // set on Done
 }
 
-type taskState int
+type taskState uint8
 
 const (
 	queued taskState = iota
@@ -89,18 +109,39 @@ const (
 	done
 )
 
-// Task is an accepted submission. Its fields are guarded by its pool's mutex.
+// Task is an accepted submission. Its fields are guarded by its pool's
+// mutex. A queued task is most of what a backlog costs: keep it small.
 type Task struct {
 	id     uint64
+	pool   *Pool
 	spec   Spec
 	notify func(Event)
-	state  taskState
 	slot   *slot
-	// killReason is why we killed the task's group (timeout, cancel), or "".
-	killReason oomwatch.Reason
-	started    time.Time
 	// stop disarms the task's timeout; set by whoever starts the task.
-	stop func() bool
+	stop  func() bool
+	state taskState
+	// kill is why we killed the task's group (killReason tells it as
+	// oomwatch does), or 0.
+	kill killKind
+}
+
+// killKind is why the supervisor killed a task's group.
+type killKind uint8
+
+const (
+	notKilled killKind = iota
+	killedTimeout
+	killedCancel
+)
+
+func (k killKind) reason() oomwatch.Reason {
+	switch k {
+	case killedTimeout:
+		return oomwatch.Timeout
+	case killedCancel:
+		return oomwatch.Cancel
+	}
+	return oomwatch.None
 }
 
 // ID returns the pool-wide id of the task.

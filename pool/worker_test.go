@@ -8,12 +8,15 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/worker"
 )
@@ -21,7 +24,15 @@ import (
 // TestMain runs the test binary as a worker program when the pool starts
 // it with CGPOOL_TEST_WORKER=1.
 func TestMain(m *testing.M) {
+	if sock := os.Getenv("CGPOOL_TEST_CLIENT"); sock != "" {
+		os.Exit(clientHelper(sock, os.Getenv("CGPOOL_TEST_REQS")))
+	}
 	if os.Getenv("CGPOOL_TEST_WORKER") == "1" {
+		if f := os.Getenv("CGPOOL_TEST_FAIL_IF"); f != "" {
+			if _, err := os.Stat(f); err == nil {
+				os.Exit(3) // a worker that cannot start while f exists
+			}
+		}
 		init := func() error {
 			if v := os.Getenv("CGPOOL_TEST_INIT_FAIL"); v != "" {
 				return errors.New(v)
@@ -67,6 +78,10 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		return []byte(fmt.Sprintf("%d:%d", os.Getuid(), os.Getgid())), nil
 	case "env":
 		return []byte(os.Getenv(arg)), nil
+	case "groups": // as kerneltest's "ids" helper prints them
+		groups, _ := syscall.Getgroups()
+		slices.Sort(groups)
+		return []byte(fmt.Sprintf("uid=%d gid=%d groups=%v", os.Getuid(), os.Getgid(), groups)), nil
 	case "sleep":
 		ms, _ := strconv.Atoi(arg)
 		time.Sleep(time.Duration(ms) * time.Millisecond)
@@ -95,6 +110,17 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 	case "exit":
 		n, _ := strconv.Atoi(arg)
 		os.Exit(n)
+	case "memmax": // the memory.max of the slot this worker runs in
+		self, err := cgroup.SelfPath()
+		if err != nil {
+			return nil, err
+		}
+		m, err := cgroup.FindMount()
+		if err != nil {
+			return nil, err
+		}
+		v, err := os.ReadFile(filepath.Join(m.HostPath(self), "..", "memory.max"))
+		return bytes.TrimSpace(v), err
 	case "alloc":
 		mib, _ := strconv.Atoi(arg)
 		var keep [][]byte

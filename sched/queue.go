@@ -31,10 +31,15 @@ type Item[T any] struct {
 
 // entry is the queue's internal record of one queued item. It is linked into
 // its client's FIFO at its priority (prev/next) and, if it has a deadline,
-// sits in the deadline heap at index dl.
+// sits in the deadline heap at index dl. The item's client and priority
+// are its FIFO's, and its deadline is kept as an offset from the queue's
+// epoch: an entry is 64 bytes, where the Item it stands for is 56, and a
+// large backlog is mostly entries.
 type entry[T any] struct {
-	item       Item[T]
-	seq        uint64 // submission order, for deadline-heap ties
+	id         uint64
+	value      T
+	deadline   time.Duration // from Queue.epoch; meaningful while dl >= 0
+	seq        uint64        // submission order, for deadline-heap ties
 	prev, next *entry[T]
 	cq         *clientQ[T]
 	dl         int // index in Queue.deadlines, or -1
@@ -82,6 +87,9 @@ type Queue[T any] struct {
 	max int
 	n   int
 	seq uint64
+	// epoch is the first deadline ever pushed: deadlines are kept as
+	// offsets from it (Time.Sub and Add keep the monotonic reading).
+	epoch time.Time
 
 	byID      idTable[T]
 	levels    map[int]*level[T]     // non-empty and a few idle levels
@@ -161,7 +169,13 @@ func (q *Queue[T]) Push(it Item[T]) error {
 
 	q.seq++
 	e := q.newEntry()
-	*e = entry[T]{item: it, seq: q.seq, cq: cq, dl: -1, prev: cq.tail}
+	*e = entry[T]{id: it.ID, value: it.Value, seq: q.seq, cq: cq, dl: -1, prev: cq.tail}
+	if !it.Deadline.IsZero() {
+		if q.epoch.IsZero() {
+			q.epoch = it.Deadline
+		}
+		e.deadline = it.Deadline.Sub(q.epoch)
+	}
 	if cq.tail != nil {
 		cq.tail.next = e
 	} else {
@@ -187,7 +201,7 @@ func (q *Queue[T]) Pop() (Item[T], bool) {
 	lvl := q.prios.min()
 	cq := lvl.rhead
 	e := cq.head
-	it := e.item
+	it := q.itemOf(e)
 	q.unlink(e)
 	if cq.head != nil && lvl.rtail != cq {
 		// The client still has items here: it goes to the end of the
@@ -202,6 +216,16 @@ func (q *Queue[T]) Pop() (Item[T], bool) {
 	return it, true
 }
 
+// Peek returns the item that Pop would return next, and true, without
+// removing it; the zero Item and false if the queue is empty. It does not
+// block. The returned Item's Value is shared with the queue.
+func (q *Queue[T]) Peek() (Item[T], bool) {
+	if q.n == 0 {
+		return Item[T]{}, false
+	}
+	return q.itemOf(q.prios.min().rhead.head), true
+}
+
 // Remove cancels the queued item with the given id and returns it and true,
 // or the zero Item and false if no such item is queued (never pushed, or
 // already popped or removed). It runs in O(log n), does not block, and the
@@ -211,7 +235,7 @@ func (q *Queue[T]) Remove(id uint64) (Item[T], bool) {
 	if e == nil {
 		return Item[T]{}, false
 	}
-	it := e.item
+	it := q.itemOf(e)
 	q.unlink(e)
 	return it, true
 }
@@ -239,7 +263,7 @@ func (q *Queue[T]) RemoveClient(client uint64) []Item[T] {
 	for _, cq := range cqs {
 		for e := cq.head; e != nil; {
 			next := e.next
-			out = append(out, e.item)
+			out = append(out, q.itemOf(e))
 			q.unlink(e)
 			e = next
 		}
@@ -253,9 +277,9 @@ func (q *Queue[T]) RemoveClient(client uint64) []Item[T] {
 // clock; the returned slice belongs to the caller.
 func (q *Queue[T]) Expire(now time.Time) []Item[T] {
 	var out []Item[T]
-	for q.deadlines.len() > 0 && !q.deadlines.min().item.Deadline.After(now) {
+	for q.deadlines.len() > 0 && !q.deadlineOf(q.deadlines.min()).After(now) {
 		e := q.deadlines.min()
-		out = append(out, e.item)
+		out = append(out, q.itemOf(e))
 		q.unlink(e)
 	}
 	return out
@@ -269,7 +293,7 @@ func (q *Queue[T]) NextDeadline() (time.Time, bool) {
 	if q.deadlines.len() == 0 {
 		return time.Time{}, false
 	}
-	return q.deadlines.min().item.Deadline, true
+	return q.deadlineOf(q.deadlines.min()), true
 }
 
 // Drain removes every queued item and returns them in the order in which Pop
@@ -307,7 +331,7 @@ func (q *Queue[T]) unlink(e *entry[T]) {
 	if e.dl >= 0 {
 		q.dlRemove(e.dl)
 	}
-	q.byID.delete(e.item.ID)
+	q.byID.delete(e.id)
 	q.n--
 	q.freeEntry(e)
 	if cq.head == nil {
@@ -383,6 +407,18 @@ func (q *Queue[T]) freeClientQ(cq *clientQ[T]) {
 	}
 }
 
+// itemOf rebuilds the Item an entry stands for; call it before unlink (which
+// may recycle the entry's FIFO).
+func (q *Queue[T]) itemOf(e *entry[T]) Item[T] {
+	it := Item[T]{ID: e.id, Priority: e.cq.lvl.prio, Client: e.cq.client, Value: e.value}
+	if e.dl >= 0 {
+		it.Deadline = q.deadlineOf(e)
+	}
+	return it
+}
+
+func (q *Queue[T]) deadlineOf(e *entry[T]) time.Time { return q.epoch.Add(e.deadline) }
+
 // Heap orders (see ixheap).
 
 func (l *level[T]) before(o *level[T]) bool { return l.prio < o.prio }
@@ -390,10 +426,10 @@ func (l *level[T]) setIndex(i int)          { l.idx = i }
 
 // An entry's deadline order is (Deadline, seq): arrival breaks ties.
 func (e *entry[T]) before(o *entry[T]) bool {
-	if e.item.Deadline.Equal(o.item.Deadline) {
+	if e.deadline == o.deadline {
 		return e.seq < o.seq
 	}
-	return e.item.Deadline.Before(o.item.Deadline)
+	return e.deadline < o.deadline
 }
 func (e *entry[T]) setIndex(i int) { e.dl = i }
 

@@ -948,7 +948,11 @@ func TestModel(t *testing.T) {
 						stats.invalid++
 					}
 				case r < pushPct+popPct: // pop
+					peek, pok := q.Peek()
 					got, ok := q.Pop()
+					if pok != ok || !sameItem(peek, got) {
+						t.Fatalf("step %d: Peek() = %+v, %v, but Pop() = %+v, %v", step, peek, pok, got, ok)
+					}
 					want, wok := m.pop()
 					if ok != wok || !sameItem(got, want) {
 						t.Fatalf("step %d: Pop() = %+v, %v, want %+v, %v", step, got, ok, want, wok)

@@ -17,14 +17,20 @@ import (
 // fileConfig is the serve configuration file: TOML, or JSON when the file
 // name ends in .json (what the Python package writes).
 type fileConfig struct {
-	Socket      string       `toml:"socket" json:"socket"`
-	SocketMode  string       `toml:"socket_mode" json:"socket_mode"`
-	SocketGroup int          `toml:"socket_group" json:"socket_group"`
-	AllowUIDs   []uint32     `toml:"allow_uids" json:"allow_uids"`
-	AllowGIDs   []uint32     `toml:"allow_gids" json:"allow_gids"`
-	Root        string       `toml:"root" json:"root"`
-	LogLevel    string       `toml:"log_level" json:"log_level"`
-	Pools       []poolConfig `toml:"pools" json:"pools"`
+	Socket      string   `toml:"socket" json:"socket"`
+	SocketMode  string   `toml:"socket_mode" json:"socket_mode"`
+	SocketGroup int      `toml:"socket_group" json:"socket_group"`
+	AllowUIDs   []uint32 `toml:"allow_uids" json:"allow_uids"`
+	AllowGIDs   []uint32 `toml:"allow_gids" json:"allow_gids"`
+	// Admins may change pools' environments, recycle, shut down and see
+	// other peers' tasks in status; root and the daemon's own user always.
+	AdminUIDs            []uint32     `toml:"admin_uids" json:"admin_uids"`
+	AdminGIDs            []uint32     `toml:"admin_gids" json:"admin_gids"`
+	MaxConnections       int          `toml:"max_connections" json:"max_connections"`
+	MaxConnectionsPerUID int          `toml:"max_connections_per_uid" json:"max_connections_per_uid"`
+	Root                 string       `toml:"root" json:"root"`
+	LogLevel             string       `toml:"log_level" json:"log_level"`
+	Pools                []poolConfig `toml:"pools" json:"pools"`
 }
 
 // poolConfig is one pool in the file. Durations are Go duration strings
@@ -47,9 +53,19 @@ type poolConfig struct {
 	CPUMax               string            `toml:"cpu_max" json:"cpu_max"`
 	MaxBacklog           int               `toml:"max_backlog" json:"max_backlog"`
 	Env                  map[string]string `toml:"env" json:"env"`
+	User                 string            `toml:"user" json:"user"`
+	Group                string            `toml:"group" json:"group"`
 	UID                  *uint32           `toml:"uid" json:"uid"`
 	GID                  *uint32           `toml:"gid" json:"gid"`
+	AllowRoot            bool              `toml:"allow_root" json:"allow_root"`
 	DefaultTimeout       string            `toml:"default_timeout" json:"default_timeout"`
+	MaxTimeout           string            `toml:"max_timeout" json:"max_timeout"`
+	MaxEnvBytes          size              `toml:"max_env_bytes" json:"max_env_bytes"`
+	MaxArgvBytes         size              `toml:"max_argv_bytes" json:"max_argv_bytes"`
+	MaxPayloadBytes      size              `toml:"max_payload_bytes" json:"max_payload_bytes"`
+	MaxTasksPerClient    int               `toml:"max_tasks_per_client" json:"max_tasks_per_client"`
+	MaxQueuedBytes       size              `toml:"max_queued_bytes" json:"max_queued_bytes"`
+	AllowEnv             []string          `toml:"allow_env" json:"allow_env"`
 	OutputLimit          size              `toml:"output_limit" json:"output_limit"`
 	OnDisconnect         string            `toml:"on_disconnect" json:"on_disconnect"`
 }
@@ -151,13 +167,19 @@ func (pc poolConfig) toPool() (pool.Config, error) {
 	if err != nil {
 		return pool.Config{}, err
 	}
+	maxTimeout, err := parseDuration("max_timeout", pc.MaxTimeout)
+	if err != nil {
+		return pool.Config{}, err
+	}
 	return pool.Config{
 		Name: pc.Name, Kind: pool.Kind(pc.Kind), Command: pc.Command,
 		MaxWorkers: pc.MaxWorkers, MinWorkers: pc.MinWorkers, IdleDelay: idle,
 		MaxTasksPerChild: pc.MaxTasksPerChild, SpareWorkers: pc.SpareWorkers, MaxWorkerMemoryBytes: int64(pc.MaxWorkerMemoryBytes),
 		TrimThresholdBytes: int64(pc.TrimThresholdBytes), MemoryMax: int64(pc.MemoryMax), MemoryHigh: int64(pc.MemoryHigh),
 		PidsMax: pc.PidsMax, CPUWeight: pc.CPUWeight, CPUMax: pc.CPUMax, MaxBacklog: pc.MaxBacklog,
-		Env: pc.Env, UID: pc.UID, GID: pc.GID, DefaultTimeout: timeout, OutputLimit: int64(pc.OutputLimit),
-		OnDisconnect: pool.DisconnectPolicy(pc.OnDisconnect),
+		Env: pc.Env, User: pc.User, Group: pc.Group, UID: pc.UID, GID: pc.GID, AllowRoot: pc.AllowRoot,
+		DefaultTimeout: timeout, MaxTimeout: maxTimeout, MaxEnvBytes: int64(pc.MaxEnvBytes), MaxArgvBytes: int64(pc.MaxArgvBytes),
+		MaxPayloadBytes: int64(pc.MaxPayloadBytes), MaxTasksPerClient: pc.MaxTasksPerClient, MaxQueuedBytes: int64(pc.MaxQueuedBytes),
+		AllowEnv: pc.AllowEnv, OutputLimit: int64(pc.OutputLimit), OnDisconnect: pool.DisconnectPolicy(pc.OnDisconnect),
 	}, nil
 }

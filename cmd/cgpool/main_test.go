@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,7 +65,7 @@ func startServe(t testing.TB, args ...string) string {
 	requireCgroups(t)
 	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "cgpool.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	cmd := cgpool(ctx, append([]string{"serve", "--socket", sock, "--ready", "-j", "2", "--log-level", "warn"}, args...)...)
+	cmd := cgpool(ctx, append([]string{"serve", "--socket", sock, "--ready", "-j", "2", "--log-level", "warn", "--allow-root"}, args...)...)
 	startReady(t, cmd, sock)
 	t.Cleanup(func() {
 		defer cancel()
@@ -240,7 +241,7 @@ func TestStaleRootSwept(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "s.sock")
-	cmd := cgpool(ctx, "serve", "--socket", sock, "--ready", "-j", "1", "--log-level", "warn")
+	cmd := cgpool(ctx, "serve", "--socket", sock, "--ready", "-j", "1", "--log-level", "warn", "--allow-root")
 	startReady(t, cmd, sock)
 	m, err := cgroup.FindMount()
 	if err != nil {
@@ -255,6 +256,9 @@ func TestStaleRootSwept(t *testing.T) {
 	if _, err := os.Stat(stale); err != nil {
 		t.Fatalf("the supervisor's root %s: %v", stale, err)
 	}
+	// Both die at once (the supervisor and its reaper, which would
+	// otherwise clean up at once: see TestKilledServeLeavesNothing).
+	syscall.Kill(reaperOf(t, cmd.Process.Pid), syscall.SIGKILL)
 	cmd.Process.Kill()
 	cmd.Wait()
 	if _, err := os.Stat(stale); err != nil {
@@ -292,7 +296,7 @@ func TestServeSocketActivation(t *testing.T) {
 	exe, _ := os.Executable()
 	// sh sets LISTEN_PID to its own pid, which exec hands on to serve.
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c",
-		`export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" serve --ready -j 1 --log-level warn --socket "$1"`,
+		`export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" serve --ready -j 1 --log-level warn --allow-root --socket "$1"`,
 		exe, filepath.Join(dir, "not-used", "cgpool.sock"))
 	cmd.Env = append(os.Environ(), "CGPOOL_TEST_MAIN=1")
 	cmd.ExtraFiles = []*os.File{f}

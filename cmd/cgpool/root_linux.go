@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cgpool/cgpool/cgroup"
-	"golang.org/x/sys/unix"
 )
 
 // openRoot finds the cgroup root cgpool manages and takes it over:
@@ -63,6 +62,14 @@ func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root,
 			return nil, fmt.Errorf("no delegated cgroup to manage: our own cgroup %s is not delegated to us, and %s cannot be created (%w); run cgpool as a systemd service with Delegate=yes, as root, or pass --root", self, dir, err)
 		}
 	}
+	// Never sweep a root whose owner lives: a second cgpool serve with the
+	// same root would kill the first one's tasks and groups.
+	if err := r.Lock(); err != nil {
+		if r.Created() {
+			_ = r.Release(ctx)
+		}
+		return nil, fmt.Errorf("cgroup root %s: %w", r.Path(), err)
+	}
 	if err := r.TakeOver(ctx); err != nil {
 		_ = r.Release(ctx)
 		return nil, err
@@ -72,7 +79,10 @@ func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root,
 
 // sweepStaleRoots removes the cgpool-<pid> roots that earlier runs made at
 // the top of the hierarchy and could not remove because they were killed:
-// only groups carrying our mark, named after a pid that no longer runs.
+// only groups carrying our mark, whose ownership lock is free (no live
+// supervisor holds it: a dead one's, zombie or not, closed with it) and
+// whose pid no longer runs or is a zombie (a root of a cgpool older than
+// the lock has no lock to hold).
 func sweepStaleRoots(ctx context.Context, m cgroup.MountInfo, log *slog.Logger) {
 	top, err := cgroup.OpenRoot(m.Point, log)
 	if err != nil {
@@ -85,14 +95,20 @@ func sweepStaleRoots(ctx context.Context, m cgroup.MountInfo, log *slog.Logger) 
 	for _, e := range ents {
 		rest, ok := strings.CutPrefix(e.Name(), "cgpool-")
 		pid, err := strconv.Atoi(rest)
-		if !ok || err != nil || !e.IsDir() || unix.Kill(pid, 0) == nil {
+		if !ok || err != nil || !e.IsDir() || !processGone(pid) {
 			continue // not ours by name, or its supervisor may still run (or its pid was reused)
 		}
 		g := top.Child(e.Name())
 		if !g.Marked() {
 			continue
 		}
-		if err := g.Destroy(ctx, 10*time.Second); err != nil {
+		lock, err := cgroup.TryLockDir(g.Path())
+		if err != nil {
+			continue // its owner lives (or the directory went meanwhile)
+		}
+		err = g.Destroy(ctx, 10*time.Second)
+		lock.Close()
+		if err != nil {
 			log.Warn("could not remove a stale cgpool root", "path", g.Path(), "err", err)
 			continue
 		}

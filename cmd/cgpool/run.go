@@ -210,7 +210,7 @@ func runJobs(ctx context.Context, o runOptions, jobs []job) ([]jobResult, error)
 	if err != nil {
 		return nil, usageErr(err)
 	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	root, err := openRoot(ctx, o.root, log)
 	if err != nil {
@@ -221,6 +221,9 @@ func runJobs(ctx context.Context, o runOptions, jobs []job) ([]jobResult, error)
 			log.Error("release cgroup root", "root", root.Path(), "err", err)
 		}
 	}()
+	if ownReaper, err = startReaper(reaperSpec{root: root.Path(), removeRoot: root.Created()}, log); err != nil {
+		return nil, err
+	}
 	workers := min(o.jobs, max(len(jobs), 1))
 	cfg := pool.Config{Name: "run", Kind: pool.KindExec, MaxWorkers: workers, MinWorkers: &workers, MemoryMax: o.memoryMax,
 		PidsMax: o.pidsMax, MaxBacklog: -1, DefaultTimeout: o.timeout}

@@ -38,6 +38,9 @@ type poolFlags struct {
 	env                  []string
 	idleDelay            time.Duration
 	timeout              time.Duration
+	maxTimeout           time.Duration
+	user                 string
+	allowRoot            bool
 }
 
 func (f *poolFlags) register(cmd *cobra.Command, defaultKind string) {
@@ -58,11 +61,15 @@ func (f *poolFlags) register(cmd *cobra.Command, defaultKind string) {
 	fl.StringArrayVar(&f.env, "env", nil, "NAME=VALUE for the pool's environment (repeatable)")
 	fl.DurationVar(&f.idleDelay, "idle-delay", pool.DefaultIdleDelay, "idle time before a worker above min-workers retires")
 	fl.DurationVar(&f.timeout, "timeout", 0, "default per-task timeout (0: none)")
+	fl.DurationVar(&f.maxTimeout, "max-timeout", 0, "longest per-task timeout a client may ask for (0: --timeout if set, else none)")
+	fl.StringVar(&f.user, "user", "", "run workers and commands as this user (a name or uid) with its groups; default for a root daemon: each command as the user who submitted it")
+	fl.BoolVar(&f.allowRoot, "allow-root", false, "let a root daemon run tasks as root (a root peer's commands, or a worker pool without --user)")
 }
 
 func (f *poolFlags) config() (pool.Config, error) {
 	c := pool.Config{Name: f.name, Kind: pool.Kind(f.kind), MaxWorkers: f.maxWorkers, MaxTasksPerChild: f.maxTasksPerChild, SpareWorkers: f.spareWorkers,
-		PidsMax: f.pidsMax, MaxBacklog: f.maxBacklog, IdleDelay: f.idleDelay, DefaultTimeout: f.timeout, Env: map[string]string{}}
+		PidsMax: f.pidsMax, MaxBacklog: f.maxBacklog, IdleDelay: f.idleDelay, DefaultTimeout: f.timeout, MaxTimeout: f.maxTimeout,
+		User: f.user, AllowRoot: f.allowRoot, Env: map[string]string{}}
 	if f.command != "" {
 		c.Command = strings.Fields(f.command)
 	}
@@ -130,6 +137,11 @@ func newLogger(level string) (*slog.Logger, error) {
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
+
+// ownReaper is this process's reaper (see reaper_linux.go). It is held
+// here, for the life of the process, because closing (or garbage
+// collecting) its pipe is what tells the reaper we are gone.
+var ownReaper *reaper
 
 func serveCmd() *cobra.Command {
 	var (
@@ -201,7 +213,7 @@ cgroup and the socket file are removed.`,
 				// have been SIGKILLed and cannot do it.
 				defer os.RemoveAll(privateDir)
 			}
-			return serve(cmd.Context(), log, fc, cfgs, exitWithStdin, ready)
+			return serve(cmd.Context(), log, fc, cfgs, exitWithStdin, ready, privateDir)
 		},
 	}
 	fl := cmd.Flags()
@@ -216,8 +228,10 @@ cgroup and the socket file are removed.`,
 	return cmd
 }
 
-func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Config, exitWithStdin, ready bool) error {
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Config, exitWithStdin, ready bool, privateDir string) error {
+	// SIGHUP (a closed terminal, a dropped SSH session) shuts down as
+	// SIGTERM does: tasks must not run on with nobody to report to.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	if exitWithStdin {
 		var cancel context.CancelFunc
@@ -228,6 +242,24 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 			cancel()
 		}()
 	}
+	mode := os.FileMode(0o600)
+	if fc.SocketMode != "" {
+		m, err := strconv.ParseUint(fc.SocketMode, 8, 32)
+		if err != nil {
+			return usageErr(fmt.Errorf("socket_mode %q: want octal such as 0660", fc.SocketMode))
+		}
+		mode = os.FileMode(m)
+	}
+	// The socket first: a live server on it is refused there, before this
+	// process touches any cgroup (and the root's lock, in openRoot, keeps
+	// a second supervisor off a root whose owner lives).
+	lopts := ipc.ListenOptions{Mode: mode, Group: fc.SocketGroup, AllowUIDs: fc.AllowUIDs, AllowGIDs: fc.AllowGIDs, Logger: log}
+	ln, err := listen(fc.Socket, lopts, log)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	fc.Socket = ln.Path()
 	root, err := openRoot(ctx, fc.Root, log)
 	if err != nil {
 		return err
@@ -237,26 +269,19 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 			log.Error("release cgroup root", "root", root.Path(), "err", err)
 		}
 	}()
+	rs := reaperSpec{root: root.Path(), removeRoot: root.Created(), privateDir: privateDir}
+	if !ln.Adopted() {
+		rs.socket, rs.socketIno = fc.Socket, socketIno(fc.Socket)
+	}
+	if ownReaper, err = startReaper(rs, log); err != nil {
+		return err
+	}
 	sup, err := pool.NewSupervisor(root, cfgs, log)
 	if err != nil {
 		return err
 	}
-	mode := os.FileMode(0o600)
-	if fc.SocketMode != "" {
-		m, err := strconv.ParseUint(fc.SocketMode, 8, 32)
-		if err != nil {
-			return usageErr(fmt.Errorf("socket_mode %q: want octal such as 0660", fc.SocketMode))
-		}
-		mode = os.FileMode(m)
-	}
-	lopts := ipc.ListenOptions{Mode: mode, Group: fc.SocketGroup, AllowUIDs: fc.AllowUIDs, AllowGIDs: fc.AllowGIDs, Logger: log}
-	ln, err := listen(fc.Socket, lopts, log)
-	if err != nil {
-		_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
-		return err
-	}
-	fc.Socket = ln.Path()
-	srv := pool.NewServer(sup, ln, log)
+	srv := pool.NewServer(sup, ln, pool.ServerOptions{Logger: log, AdminUIDs: fc.AdminUIDs, AdminGIDs: fc.AdminGIDs,
+		MaxConns: fc.MaxConnections, MaxConnsPerUID: fc.MaxConnectionsPerUID})
 	log.Info("cgpool serving", "socket", fc.Socket, "cgroup", root.Path(), "pools", sup.Pools(), "controllers", root.Controllers())
 	if ready {
 		fmt.Printf("ready %s\n", fc.Socket)

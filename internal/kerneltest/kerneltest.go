@@ -209,6 +209,48 @@ func start(t testing.TB, g *cgroup.Group, path string, argv, env []string) *Chil
 	return &Child{Process: p, Out: bufio.NewReader(pr)}
 }
 
+var (
+	publicExeOnce sync.Once
+	publicExe     string
+	publicExeErr  error
+)
+
+// PublicExecutable returns a copy of the test binary that every user may
+// run (go test builds it in a directory only its owner may enter), for
+// children that run as another user. The copy lives in a 0755 directory
+// of its own, made once per test process and removed by the caller of
+// Main.
+func PublicExecutable(t testing.TB) string {
+	t.Helper()
+	publicExeOnce.Do(func() {
+		exe, err := os.Executable()
+		if err != nil {
+			publicExeErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "cgpool-test-exe-")
+		if err != nil {
+			publicExeErr = err
+			return
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			publicExeErr = err
+			return
+		}
+		b, err := os.ReadFile(exe)
+		if err != nil {
+			publicExeErr = err
+			return
+		}
+		publicExe = filepath.Join(dir, filepath.Base(exe))
+		publicExeErr = os.WriteFile(publicExe, b, 0o755)
+	})
+	if publicExeErr != nil {
+		t.Fatalf("a copy of the test binary for other users: %v", publicExeErr)
+	}
+	return publicExe
+}
+
 // Main runs the tests, or a helper mode when the binary was re-executed by
 // Start; after the tests it checks that no goroutine leaked.
 func Main(m *testing.M) {
@@ -220,6 +262,9 @@ func Main(m *testing.M) {
 		os.Exit(RunHelper(mode, args, os.Stdout))
 	}
 	code := m.Run()
+	if publicExe != "" {
+		os.RemoveAll(filepath.Dir(publicExe))
+	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintf(os.Stderr, "goroutine leak: %v\n", err)
@@ -232,6 +277,7 @@ func Main(m *testing.M) {
 // RunHelper runs a helper mode and returns the exit code:
 //
 //	cgroup       print the cgroup v2 (0::) line of /proc/self/cgroup, exit 0
+//	ids          print "uid=U gid=G groups=[...]" (sorted supplementary groups), exit 0
 //	sleep        print "ready", then sleep until killed
 //	exit N       exit with status N
 //	alloc MIB    print "ready", allocate and touch MIB MiB, print "done", exit 0
@@ -281,6 +327,11 @@ func RunHelper(mode string, args []string, out io.Writer) int {
 		sleepForever()
 	case "supervise":
 		return supervise(args[0], args[1:], out)
+	case "ids":
+		groups, _ := syscall.Getgroups()
+		slices.Sort(groups)
+		fmt.Fprintf(out, "uid=%d gid=%d groups=%v\n", os.Getuid(), os.Getgid(), groups)
+		return 0
 	case "ignore":
 		ignoreSignals()
 		fmt.Fprintln(out, "ready")

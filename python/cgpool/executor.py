@@ -208,7 +208,15 @@ class Executor(concurrent.futures.Executor):
                    "command": [sys.executable, "-m", "cgpool.worker"],
                    "max_workers": self.max_workers,
                    "max_backlog": self.max_backlog or 0,
-                   "spare_workers": int(spare_workers or 0)}
+                   "spare_workers": int(spare_workers or 0),
+                   # propagate_environ is this process's own environment
+                   # for its own workers: any name goes.
+                   "allow_env": ["*"]}
+            if os.geteuid() == 0:
+                # This private supervisor serves this process alone: its
+                # workers run as we do, root included (a root daemon's
+                # worker pools need it said).
+                cfg["allow_root"] = True
             if min_workers is not None:
                 cfg["min_workers"] = min(min_workers, self.max_workers)
             for key, value in (("max_tasks_per_child", max_tasks_per_child),

@@ -99,17 +99,16 @@ if __name__ == "__main__":
 
 
 class SharedWorkerPool(unittest.TestCase):
-    # Needs the supervisor to bind a worker to the (peer uid, affinity) of
-    # its first task (the lead's change to the client protocol, issue 9).
-    # Until it is on main this fails: the second program's tasks run the
-    # first program's fb. Remove the decorator when it lands (an
-    # unexpected success fails the run).
-    @unittest.expectedFailure
+    # The supervisor binds a worker to the (peer uid, affinity) of its
+    # first task (issue 9): without that, the second program's tasks would
+    # run in a worker that imported the first program, and read 'A'.
     def test_two_programs_share_a_worker_pool(self):
         support.require_cgpool()
-        server = PrivateServer({"name": "py", "kind": "worker", "command": [sys.executable, "-m", "cgpool.worker"],
-                                "max_workers": 2, "env": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
-                               stdio=False)
+        cfg = {"name": "py", "kind": "worker", "command": [sys.executable, "-m", "cgpool.worker"],
+               "max_workers": 2, "env": {"PYTHONPATH": os.environ["PYTHONPATH"]}}
+        if os.geteuid() == 0:
+            cfg["allow_root"] = True  # a root daemon's worker pool needs it said
+        server = PrivateServer(cfg, stdio=False)
         server.start()
         try:
             d = support.tmpdir(self)
