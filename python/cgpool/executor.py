@@ -753,9 +753,16 @@ class Executor(concurrent.futures.Executor):
         if empty:
             self._begin_finish()
         if wait:
-            concurrent.futures.wait(pending)
-            if not self._finished.wait(REQUEST_TIMEOUT):
-                self._end()  # the supervisor did not answer: stop it the hard way
+            self._wait_finished(pending)
+
+    def _wait_finished(self, pending=None):
+        """Wait until every task has ended and the supervisor is done with."""
+        if pending is None:
+            with self._lock:
+                pending = list(self._futures.values())
+        concurrent.futures.wait(pending)
+        if not self._finished.wait(REQUEST_TIMEOUT):
+            self._end()  # the supervisor did not answer: stop it the hard way
 
     def _begin_finish(self):
         """No task is open and no more will come: take the last statistics,
@@ -834,19 +841,20 @@ class Executor(concurrent.futures.Executor):
 
     def _interrupted(self):
         """A KeyboardInterrupt leaves the ``with`` block: cancel what is
-        queued and wait for what runs; a second Ctrl-C kills what runs."""
-        with self._lock:
-            running = sum(1 for f in self._futures.values() if f._cg_started)
-        if running:
-            print("cgpool: interrupted: queued tasks cancelled; waiting for %d running task(s) "
-                  "(Ctrl-C again kills them)" % running, file=sys.stderr, flush=True)
+        queued and wait for what runs; a second Ctrl-C (at any point of
+        this, the message included) kills what runs."""
         try:
-            self.shutdown(wait=True, cancel_futures=True)
+            self.shutdown(wait=False)  # the queued ones are cancelled, the running go on
+            with self._lock:
+                running = [f for f in self._futures.values() if f._cg_started]
+            if running:
+                print("cgpool: interrupted: queued tasks cancelled; waiting for %d running task(s) "
+                      "(Ctrl-C again kills them)" % len(running), file=sys.stderr, flush=True)
+            self._wait_finished()
         except KeyboardInterrupt:
             self.shutdown(wait=False, cancel_futures=True)
             self._finished.wait(5.0)
             raise
-
 
 def _chunks(it, n):
     it = iter(it)
