@@ -104,8 +104,10 @@ class PoolClosed(RuntimeError):
 
 class Rejected(RuntimeError):
     """The supervisor refused the submission; nothing of it ran, so retrying
-    is safe. ``reason`` is the protocol's (queue_full, invalid, too_large,
-    unknown_pool)."""
+    is safe. ``reason`` is the protocol's: queue_full, invalid, too_large,
+    over_limit (above one of the pool's ceilings: max_timeout, memory_max,
+    max_env_bytes, max_tasks_per_client), forbidden (it would run as root
+    on a pool without allow_root), unknown_pool."""
 
     def __init__(self, message, reason=""):
         super().__init__(message)
@@ -227,6 +229,15 @@ def process_error_from(h):
     cls = OutOfMemoryError if reason == "oom" else ProcessError
     return cls(text, reason=reason, signal=sig, exit_code=exitcode, pid=pid,
                leaf=h.get("leaf") or "", memory_peak=peak, message=detail)
+
+
+def task_lost_from(h, started):
+    """The TaskLost for a ``process_error`` whose reason is ``lost``: the
+    supervisor lost the task to an internal error (a bug in cgpool, which
+    it logs with its stack); the task may have run in part."""
+    detail = h.get("message") or "no detail"
+    return TaskLost("the task's outcome is lost: the supervisor lost it to an internal error (%s); "
+                    "it may have run in part or whole" % detail, started=started)
 
 
 def timeout_error_from(h):

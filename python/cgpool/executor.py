@@ -39,7 +39,7 @@ from cgpool import protocol as _proto
 from cgpool.connection import REQUEST_TIMEOUT, Connection
 from cgpool.errors import PoolClosed, SupervisorError, TaskLost
 from cgpool.future import Future
-from cgpool.options import SUBMIT_OPTIONS, check_bytes, check_env, check_priority, seconds_ms
+from cgpool.options import MAX_MS, SUBMIT_OPTIONS, check_bytes, check_env, check_priority, seconds_ms
 from cgpool.server import PrivateServer, go_duration
 
 __all__ = ["Executor", "Future", "DEADPOOL_STATISTICS"]
@@ -229,7 +229,11 @@ class Executor(concurrent.futures.Executor):
                 seconds_ms(idle_timeout, "idle_timeout")  # checks it
                 cfg["idle_delay"] = go_duration(idle_timeout)
             if default_timeout:
+                seconds_ms(default_timeout, "default_timeout")  # checks it
                 cfg["default_timeout"] = go_duration(default_timeout)
+                # A default, not a ceiling: a task may ask for longer (the
+                # supervisor's max_timeout would otherwise be the default).
+                cfg["max_timeout"] = "%dms" % MAX_MS
             self._cfg = cfg
             self._prep_blob = None
             self._server, self._conn = self._start_private()
@@ -881,7 +885,10 @@ def _settle_outcome(fut, t, h, payload):
     elif t == "timeout":
         fut._settle(exception=_errors.timeout_error_from(h))
     elif t == "process_error":
-        fut._settle(exception=_errors.process_error_from(h))
+        if h.get("reason") == "lost":
+            fut._settle(exception=_errors.task_lost_from(h, fut._cg_started))
+        else:
+            fut._settle(exception=_errors.process_error_from(h))
     elif t == "cancelled":
         fut._end_cancelled()
     elif t == "queue_timeout":

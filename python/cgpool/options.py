@@ -9,9 +9,10 @@ from collections.abc import Mapping
 
 __all__ = ["SUBMIT_OPTIONS", "seconds_ms", "check_priority", "check_bytes", "check_env"]
 
-# The longest timeout the wire can carry: Go keeps durations as int64
-# nanoseconds (about 292 years).
-_MAX_MS = (1 << 63) // 1000000 - 1
+# The wire's ranges (ipc.MaxDurationMS, ipc.MaxPriority): a value beyond
+# them is refused by the supervisor as invalid, so it is refused here first.
+MAX_MS = 1 << 40          # about 34 years
+MAX_PRIORITY = (1 << 31) - 1
 
 def seconds_ms(value, name):
     """Seconds (None or 0: none) as whole milliseconds, rounded up. Raises
@@ -29,8 +30,8 @@ def seconds_ms(value, name):
     if value == 0:
         return 0
     ms = int(math.ceil(value * 1000))
-    if ms > _MAX_MS:
-        raise ValueError("%s of %r seconds is too large (at most %d)" % (name, value, _MAX_MS // 1000))
+    if ms > MAX_MS:
+        raise ValueError("%s of %r seconds is too large (at most %d)" % (name, value, MAX_MS // 1000))
     return max(1, ms)
 
 
@@ -39,8 +40,8 @@ def check_priority(value, name):
         raise TypeError("%s must be an int, not %s %r" % (name, type(value).__name__, value))
     if value < 0:
         raise ValueError("Parameter %s must be >= 0, but was %s" % (name, value))
-    if value > (1 << 63) - 1:
-        raise ValueError("%s %d is too large" % (name, value))
+    if value > MAX_PRIORITY:
+        raise ValueError("%s %d is too large (at most %d)" % (name, value, MAX_PRIORITY))
     return int(value)
 
 

@@ -50,6 +50,18 @@ class Messages(unittest.TestCase):
         self.assertIn("512.0 MiB", str(e))
         self.assertEqual(e.memory_peak, 536870912)
 
+    def test_process_error_lost(self):
+        # The supervisor's "lost" (an internal error, docs/protocol.md) is a
+        # TaskLost, not a worker's death.
+        fut = cgpool.Future()
+        fut._cg_started = True
+        executor._settle_outcome(fut, "process_error", {"type": "process_error", "id": 1, "reason": "lost",
+                                                        "message": "slot panicked"}, b"")
+        e = fut.exception(timeout=0)
+        self.assertIs(type(e), errors.TaskLost)
+        self.assertTrue(e.started)
+        self.assertIn("lost it to an internal error (slot panicked)", str(e))
+
     def test_process_error_crashed_exit_code(self):
         e = errors.process_error_from({"type": "process_error", "pid": 7, "reason": "crashed", "exit_code": 3,
                                        "message": "worker exited"})

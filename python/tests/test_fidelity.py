@@ -117,10 +117,31 @@ class ScaleDown(unittest.TestCase):
             stats = exe.get_statistics()
         self.assertEqual((stats["worker_processes_still_alive"], stats["worker_processes_idle"],
                           stats["worker_processes_busy"]), (5, 5, 0), stats)
-        # Five first workers and the sixth it grew by, as Deadpool counts a
-        # worker it adds when none is idle.
-        self.assertEqual(stats["worker_processes_created"], 6, stats)
         self.assertEqual(stats["max_workers_busy_concurrently"], 6, stats)
+        # Five first workers and the sixth the pool grew by (Deadpool: 10,
+        # see test_short_burst_workers_created_as_deadpool).
+        self.assertEqual(stats["worker_processes_created"], 6, stats)
+
+    # Deadpool starts max_workers workers at once (its __init__ calls
+    # add_worker_to_pool pool_size times, each counted) and retires the ones
+    # above min_workers only as they finish a task with nothing queued
+    # (done_with_process); a second burst of 6 then adds one: 11 (measured
+    # with github.com/cjrh/deadpool 3cb6cf3). The supervisor starts
+    # min_workers (pool/pool.go, newPool) and retires on an idle timer
+    # (pool/slot_linux.go), and the pool's config has no "start this many"
+    # knob: matching needs that Go change (reported to the lead).
+    @unittest.expectedFailure
+    def test_short_burst_workers_created_as_deadpool(self):
+        with deadpool.Deadpool(min_workers=5, max_workers=10) as exe:
+            support.wait_until(lambda: exe.get_statistics()["worker_processes_idle"] >= 5, timeout=60,
+                               what="the first workers up")
+            created = []
+            for _ in range(2):
+                futs = [exe.submit(t, 0.2) for _ in range(6)]
+                self.assertEqual([f.result(timeout=60) for f in futs], [0.2] * 6)
+                time.sleep(0.5)
+                created.append(exe.get_statistics()["worker_processes_created"])
+        self.assertEqual(created, [10, 11])
 
 
 class ExceptionsThatCannotTravel(unittest.TestCase):
@@ -467,6 +488,9 @@ class OptionsCheckedAtSubmit(unittest.TestCase):
                 (dict(cgpool_env={"A=B": "1"}), ValueError, "cgpool_env"),
                 (dict(cgpool_timout=5), TypeError, "unknown submit option cgpool_timout"),
                 (dict(deadpool_timeout=10 ** 30), ValueError, "too large"),
+                # The wire's ranges: the supervisor would refuse these as invalid.
+                (dict(deadpool_timeout=(1 << 40) / 1000 + 1), ValueError, "too large"),
+                (dict(deadpool_priority=1 << 31), ValueError, "deadpool_priority 2147483648 is too large"),
             ]
             for kw, exc, text in cases:
                 with self.subTest(kw=kw):
@@ -479,6 +503,18 @@ class OptionsCheckedAtSubmit(unittest.TestCase):
         with cgpool.Executor(max_workers=1) as ex:
             with self.assertRaisesRegex(TypeError, "cgpool_timeout must be a number"):
                 ex.submit(workerfns.add, 1, 2, cgpool_timeout="5")
+            # The largest values the wire takes are taken.
+            self.assertEqual(ex.submit(workerfns.add, 1, 2, cgpool_timeout=(1 << 40) / 1000,
+                                       cgpool_priority=(1 << 31) - 1).result(timeout=30), 3)
+
+    def test_task_timeout_above_the_pools_default(self):
+        # A pool default is a default, not a ceiling (as in Deadpool, where a
+        # task's deadpool_timeout is its own): the private supervisor's
+        # max_timeout is the wire's longest.
+        with cgpool.Executor(max_workers=1, default_timeout=5) as ex:
+            self.assertEqual(ex.submit(workerfns.add, 1, 2, cgpool_timeout=60).result(timeout=30), 3)
+            with self.assertRaises(cgpool.TimeoutError):
+                ex.submit(workerfns.sleep_return, 30, 1, cgpool_timeout=0.5).result(timeout=30)
 
 
 class MessagesSayThingsOnce(unittest.TestCase):
