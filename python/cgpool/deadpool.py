@@ -22,7 +22,9 @@ What differs, on purpose:
   above ``min_workers`` retires as soon as it is idle with nothing queued
   (``idle_timeout``, default 0.001 s), and ``worker_processes_created``
   counts every worker that took a slot (first ones, growth and
-  replacements);
+  replacements). So the figures of Deadpool's README statistics example
+  are Deadpool's; a pool that never grows to ``max_workers`` reports fewer
+  created than Deadpool, which counts its ``max_workers`` first workers;
 - per-task options are checked at ``submit`` (``deadpool_timeout="5"`` is a
   TypeError there, not in the pool).
 

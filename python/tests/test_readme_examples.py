@@ -251,7 +251,14 @@ class ReadmeExamples(unittest.TestCase):
             self.assertEqual(out, theirs)
 
     def check_marks(self, out, alphabet):
-        self.assertRegex(out, r"^[%s]{50}\n$" % re.escape(alphabet), out)
+        """One line of marks: each of the 50 tasks prints its mark, or an
+        "x" for its timeout, or both (a task can print in the moment
+        before its timeout kills it; Deadpool's own run shows 51 marks
+        then)."""
+        self.assertRegex(out, r"^[%s]{50,100}\n$" % re.escape(alphabet), out)
+        timeouts = out.count("x")
+        self.assertLessEqual(len(out) - 1 - timeouts, 50, out)
+        self.assertLessEqual(timeouts, 50, out)
 
     def slow(self):
         if os.environ.get("CGPOOL_TEST_QUICK") == "1":
