@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import unittest
+import warnings
 
 import support
 import workerfns
@@ -201,6 +202,14 @@ class ForkSafety(unittest.TestCase):
     connection or supervisor, and the parent's pool keeps serving."""
 
     ctx = multiprocessing.get_context("fork")
+
+    def setUp(self):
+        # Forking a process with threads (the Executor's) is what these
+        # tests are about: 3.12+'s DeprecationWarning says so, every time.
+        w = warnings.catch_warnings()
+        w.__enter__()
+        self.addCleanup(w.__exit__, None, None, None)
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded, use of fork", DeprecationWarning)
 
     def fork_process(self):
         t0 = time.monotonic()
