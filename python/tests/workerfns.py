@@ -231,11 +231,23 @@ def touch(path):
 
 def nested_billiard(n):
     """A billiard pool (Celery's) inside a task: n tasks on 2 billiard
-    workers, then close() and join(). (Not `with pool:` nor map(): billiard
-    4.1's terminate() can leave a worker blocked on a queue semaphore that
-    its SIGTERMed sibling held, and its map() credits one worker with a
-    job's results, so the other waits 30 s before it exits; both happen in
-    a plain interpreter, without cgpool.)"""
+    workers, then close() and join().
+
+    Not `with pool:` (terminate()) nor map(), whose two defects in billiard
+    4.1 show the same in a plain interpreter and under ProcessPoolExecutor
+    as under cgpool (python/bench/billiard_nested.py):
+    - terminate() takes the inqueue's read lock in the parent
+      (_help_stuff_finish) and never gives it back, then SIGTERMs the
+      workers and relies on billiard's handler (sys.exit) to get a worker
+      out of its blocking acquire of that lock. A SIGTERM that lands after
+      CPython's signal check and before the sem_wait call only sets the
+      flag: the worker sleeps in sem_wait for good and the parent's join()
+      with it (gdb on one such worker under ProcessPoolExecutor: in
+      sem_wait; made to run Python code, it ran the pending handler and
+      exited at once with status 15, billiard's sys.exit(-(256-15)));
+    - map() credits one worker with a job's results
+      (next(iter(item.worker_pids()))), so the other waits 300 x 0.1 s in
+      _ensure_messages_consumed before it exits."""
     import billiard
     pool = billiard.Pool(2)
     try:
