@@ -349,11 +349,18 @@ pack_python() {
 	{
 		ldd "$py"
 		find "$stdlib/lib-dynload" -name '*.so' -exec ldd {} \; 2>/dev/null
+		# glibc loads libgcc_s.so.1 with dlopen when a thread ends
+		# (pthread_exit unwinds through it; CPython ends every thread so),
+		# so ldd does not list it: without it the interpreter aborts with
+		# "libgcc_s.so.1 must be installed for pthread_exit to work".
+		ldconfig -p | awk '$1 == "libgcc_s.so.1" && /x86-64/ { print "\t" $1 " => " $NF " (0x0)" }'
 	} | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u |
 		while read -r lib; do
 			mkdir -p "$ROOT$(dirname "$lib")"
 			cp -L "$lib" "$ROOT$lib"
 		done
+	[[ -n $(find "$ROOT" -name 'libgcc_s.so.1' -print -quit) ]] ||
+		die "libgcc_s.so.1 (package libgcc-s1) not found by ldconfig -p: Python threads need it in the VM"
 }
 
 # --- run ---------------------------------------------------------------------
