@@ -4,7 +4,11 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
+	"strconv"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Kind is what a pool's slots run.
@@ -35,10 +39,15 @@ type Config struct {
 	Kind    Kind     `toml:"kind"`
 	Command []string `toml:"command"` // the worker program (worker pools)
 
-	MaxWorkers       int           `toml:"max_workers"`
-	MinWorkers       *int          `toml:"min_workers"` // nil: = MaxWorkers
-	IdleDelay        time.Duration `toml:"idle_delay"`  // idle time before a worker above MinWorkers retires
-	MaxTasksPerChild int           `toml:"max_tasks_per_child"`
+	MaxWorkers int           `toml:"max_workers"`
+	MinWorkers *int          `toml:"min_workers"` // nil: = MaxWorkers
+	IdleDelay  time.Duration `toml:"idle_delay"`  // idle time before a worker above MinWorkers retires
+	// StartWorkers is how many workers the pool starts with (0: MinWorkers;
+	// at most MaxWorkers). Those above MinWorkers wait for their first
+	// task without an idle deadline and retire by IdleDelay after it, as
+	// Deadpool's first max_workers workers do.
+	StartWorkers     int `toml:"start_workers"`
+	MaxTasksPerChild int `toml:"max_tasks_per_child"`
 	// SpareWorkers keeps this many workers started beyond the slots, each
 	// in its own slot group, so that a worker that dies is replaced by one
 	// that has already said hello (worker pools; a Python worker takes tens
@@ -101,6 +110,7 @@ type Config struct {
 	// each.
 	OutputLimit  int64            `toml:"output_limit"`
 	OnDisconnect DisconnectPolicy `toml:"on_disconnect"`
+	Observer     Observer         `toml:"-" json:"-"` // told of tasks, spawns and kills as they happen (observe.go); nil: none
 
 	fixed *Identity // resolved by normalize: the fixed user, or nil
 }
@@ -144,6 +154,9 @@ func (c Config) normalize() (Config, error) {
 	}
 	if *c.MinWorkers < 0 || *c.MinWorkers > c.MaxWorkers {
 		return c, fmt.Errorf("pool %s: min_workers %d must be in 0..max_workers (%d)", c.Name, *c.MinWorkers, c.MaxWorkers)
+	}
+	if c.StartWorkers < 0 || c.StartWorkers > c.MaxWorkers {
+		return c, fmt.Errorf("pool %s: start_workers %d must be in 0..max_workers (%d)", c.Name, c.StartWorkers, c.MaxWorkers)
 	}
 	if c.IdleDelay <= 0 {
 		c.IdleDelay = DefaultIdleDelay
@@ -243,4 +256,37 @@ func (c *Config) resolveUser(euid uint32) error {
 func (c Config) Validate() error {
 	_, err := c.normalize()
 	return err
+}
+
+// Resources maps the pool's per-slot limits onto runtime-spec's
+// LinuxResources, the one vocabulary cgroup.Group.SetLimits takes. ctrl
+// are the controllers the root enabled. A memory limit comes with no swap
+// (memory plus swap = memory), so that going over it is an OOM kill and
+// not a slow swap; memory.oom.group is set wherever the memory controller
+// is, so that an OOM kill takes the whole slot, never half a worker.
+func (c Config) Resources(ctrl []string) *specs.LinuxResources {
+	r := &specs.LinuxResources{Unified: map[string]string{}}
+	if c.MemoryMax > 0 {
+		limit := c.MemoryMax
+		r.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
+	} else if c.MemoryHigh > 0 {
+		r.Unified["memory.swap.max"] = "0"
+	}
+	if c.MemoryHigh > 0 {
+		r.Unified["memory.high"] = strconv.FormatInt(c.MemoryHigh, 10)
+	}
+	if slices.Contains(ctrl, "memory") {
+		r.Unified["memory.oom.group"] = "1"
+	}
+	if c.PidsMax > 0 {
+		pids := c.PidsMax
+		r.Pids = &specs.LinuxPids{Limit: &pids}
+	}
+	if c.CPUWeight > 0 {
+		r.Unified["cpu.weight"] = strconv.FormatUint(c.CPUWeight, 10)
+	}
+	if c.CPUMax != "" {
+		r.Unified["cpu.max"] = c.CPUMax // "QUOTA PERIOD" or "max PERIOD", as the kernel reads it
+	}
+	return r
 }

@@ -226,6 +226,7 @@ func (s *slot) runExec(t *Task) {
 	if stdin != nil {
 		opts.Stdin = stdin
 	}
+	start := time.Now()
 	proc, err := spawn.Start(opts)
 	wo.Close()
 	we.Close()
@@ -246,6 +247,7 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, o)
 		return
 	}
+	p.observeSpawn(start)
 	// The kill of the task (timeout, cancel, output limit) aborts the
 	// delivery of its output after a grace for what is buffered.
 	p.mu.Lock()

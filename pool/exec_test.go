@@ -36,7 +36,7 @@ func escapeScript(outside *cgroup.Group, rest string) []string {
 // command that ends by itself), with the output that was written.
 func TestExecOutcomeNotHeldByEscapedOutput(t *testing.T) {
 	r, p := execPool(t)
-	outside := kerneltest.Leaf(t, &r.Group, "outside", cgroup.Limits{}) // killed and removed when the test ends
+	outside := kerneltest.Leaf(t, &r.Group, "outside", nil) // killed and removed when the test ends
 	for _, tc := range []struct {
 		name string
 		spec pool.Spec

@@ -16,6 +16,7 @@ import (
 	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/ipc"
 	"github.com/cgpool/cgpool/sched"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Pool is one named pool of worker slots.
@@ -23,7 +24,7 @@ type Pool struct {
 	cfg    Config
 	group  *cgroup.Group
 	ctrl   []string // controllers offered to slots
-	limits cgroup.Limits
+	limits *specs.LinuxResources
 	log    *slog.Logger
 	base   []string // the environment every worker or command starts from
 	euid   uint32   // the supervisor's effective uid
@@ -68,15 +69,8 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	zero := int64(0)
-	lim := cgroup.Limits{MemoryMax: cfg.MemoryMax, MemoryHigh: cfg.MemoryHigh, PidsMax: cfg.PidsMax, CPUWeight: cfg.CPUWeight, CPUMax: cfg.CPUMax}
-	if cfg.MemoryMax != 0 || cfg.MemoryHigh != 0 {
-		lim.MemorySwapMax = &zero // deterministic OOM: no swapping past memory.max
-	}
-	if slices.Contains(ctrl, "memory") {
-		lim.OOMGroup = true // an OOM kill takes the whole slot, never half a worker
-	}
-	for _, c := range lim.Controllers() {
+	lim := cfg.Resources(ctrl)
+	for _, c := range cgroup.Controllers(lim) {
 		if !slices.Contains(ctrl, c) {
 			return nil, fmt.Errorf("pool %s: its limits need the %s controller, which cgroup v2 does not offer here (controllers: %q); on a hybrid cgroup v1/v2 host like this one, run on a pure cgroup v2 host or in the VM (scripts/vm-test.sh): %w",
 				cfg.Name, c, ctrl, cgroup.ErrControllerUnavailable)
@@ -101,8 +95,10 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 	}
 	p.stats.MaxWorkers, p.stats.MinWorkers = cfg.MaxWorkers, *cfg.MinWorkers
 	p.mu.Lock()
-	for range *cfg.MinWorkers {
-		p.startSlotLocked()
+	// With start_workers above min_workers, none of the first workers has
+	// an idle deadline before its first task (see slot.firstWait).
+	for range max(cfg.StartWorkers, *cfg.MinWorkers) {
+		p.startSlotLocked().firstWait = cfg.StartWorkers > *cfg.MinWorkers
 	}
 	p.mu.Unlock()
 	p.refillSpares()
@@ -401,12 +397,13 @@ func (p *Pool) ownerReturningLocked(t *Task) bool {
 	return false
 }
 
-func (p *Pool) startSlotLocked() {
+func (p *Pool) startSlotLocked() *slot {
 	s := &slot{p: p, wake: make(chan struct{}, 1), state: "starting", inStarting: true}
 	p.slots[s] = struct{}{}
 	p.starting++
 	p.wg.Add(1)
 	go s.run()
+	return s
 }
 
 // signalRoomLocked tells held submitters that the backlog has room.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/ipc"
+	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/pool"
 	"golang.org/x/sys/unix"
 )
@@ -531,5 +532,20 @@ func TestExecIOOnlyForExecPools(t *testing.T) {
 	}
 	if h := got[stream]; h.Type != ipc.TypeResult {
 		t.Errorf("stream_output in a worker pool: %+v, want its result", h)
+	}
+}
+
+// TestWireReasons: every process-error reason the pool can give has its
+// name on the wire (a reason without one would read "crashed").
+func TestWireReasons(t *testing.T) {
+	for _, tc := range []struct {
+		r    oomwatch.Reason
+		want string
+	}{{oomwatch.OOM, ipc.ProcessOOM}, {oomwatch.Killed, ipc.ProcessKilled}, {oomwatch.Crashed, ipc.ProcessCrashed}, {pool.ReasonLost, ipc.ProcessLost},
+		{pool.OutputLimit, ipc.ProcessOutputLimit}, {pool.NotFound, ipc.ProcessNotFound}, {pool.NotExecutable, ipc.ProcessNotExecutable}} {
+		h, _ := pool.OutcomeFrame(1, &pool.Outcome{Kind: pool.ProcessError, Reason: tc.r})
+		if h.Reason != tc.want {
+			t.Errorf("reason %q goes out as %q, want %q", tc.r, h.Reason, tc.want)
+		}
 	}
 }

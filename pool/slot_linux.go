@@ -35,6 +35,7 @@ type slot struct {
 	state      string      // starting, idle, busy, retiring
 	waitW      *workerProc // set while idle and waiting on this worker's socket (wake with wakeLocked)
 	task       *Task
+	taskStart  time.Time // when task started here: its run time for the Observer (kept off Task, which a backlog holds by the million)
 	alive      bool
 	pid        int
 	name       string
@@ -43,6 +44,11 @@ type slot struct {
 	tasksDone  int64
 	startErr   string // why the last start failed, until one succeeds
 	inStarting bool   // counted in p.starting
+	// firstWait: one of the pool's first workers (start_workers above
+	// MinWorkers) that has not run a task yet: it waits for its first
+	// without an idle deadline, as Deadpool's first max_workers workers
+	// retire only as they finish a task with nothing queued.
+	firstWait bool
 	// owner is whose tasks the slot's worker runs (worker pools): set by
 	// its first task, cleared with each new worker. A worker never runs a
 	// task of another owner: one client's code, loaded into a worker, must
@@ -212,10 +218,12 @@ func (inc *incarnation) build(p *Pool) error {
 		return err
 	}
 	if p.cfg.Kind == KindWorker {
+		start := time.Now()
 		w, hello, err := startWorker(inc.leafDir, p.cfg.Command, inc.env, p.workerCredential())
 		if err != nil {
 			return err
 		}
+		p.observeSpawn(start)
 		inc.w, inc.initErr = w, hello.InitError
 	}
 	return nil
@@ -224,11 +232,13 @@ func (inc *incarnation) build(p *Pool) error {
 // release stops the worker (gracefully if asked and possible) and destroys
 // the group: nothing that ran in it survives. It leaves inc empty.
 func (inc *incarnation) release(p *Pool, graceful bool) {
+	var killed time.Time
 	if inc.w != nil {
 		if graceful {
 			inc.w.askExit()
 		}
 		if inc.group != nil {
+			killed = time.Now()
 			_ = inc.group.Kill()
 		}
 		inc.w.kill()
@@ -242,6 +252,8 @@ func (inc *incarnation) release(p *Pool, graceful bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 		if err := inc.group.Destroy(ctx, teardownTimeout); err != nil {
 			p.log.Error("could not remove a worker slot", "slot", inc.group.Path(), "err", err)
+		} else {
+			p.observeEmptied(killed)
 		}
 		cancel()
 	}
@@ -478,7 +490,7 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 		s.state = "idle"
 		p.idle = append(p.idle, s)
 		var idleAt time.Time
-		if len(p.slots) > *p.cfg.MinWorkers {
+		if len(p.slots) > *p.cfg.MinWorkers && !s.firstWait {
 			idleAt = idleSince.Add(p.cfg.IdleDelay)
 		}
 		if s.w != nil {
@@ -608,8 +620,9 @@ func (s *slot) takeLocked(t *Task) {
 		s.owner = &o
 	}
 	p.leaveQueueLocked(t)
+	s.firstWait = false
 	t.state, t.slot = running, s
-	s.task, s.state = t, "busy"
+	s.task, s.state, s.taskStart = t, "busy", time.Now()
 	p.stats.TasksLaunched++
 	busy := int64(0)
 	for o := range p.slots {
@@ -708,12 +721,14 @@ func (s *slot) finish(t *Task, o *Outcome) {
 	p := s.p
 	p.mu.Lock()
 	p.endLocked(t, o)
+	run := time.Since(s.taskStart)
 	s.task = nil
 	s.tasksDone++
 	if s.state == "busy" {
 		s.state = "idle"
 	}
 	p.mu.Unlock()
+	p.observer().TaskEnded(p.cfg.Name, o.Kind, string(o.Reason), run)
 	t.notify(Event{Outcome: o})
 }
 
@@ -849,11 +864,14 @@ func (s *slot) emptyGroup() {
 	if pop, err := s.group.Populated(); err != nil || !pop {
 		return
 	}
+	killed := time.Now()
 	_ = s.group.Kill()
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
 	if err := s.group.WaitEmpty(ctx); err != nil {
 		s.p.log.Error("a task's processes did not die", "slot", s.group.Path(), "err", err)
+	} else {
+		s.p.observeEmptied(killed)
 	}
 }
 

@@ -26,13 +26,17 @@ type fileConfig struct {
 	AllowGIDs   []uint32 `toml:"allow_gids" json:"allow_gids"`
 	// Admins may change pools' environments, recycle, shut down and see
 	// other peers' tasks in status; root and the daemon's own user always.
-	AdminUIDs            []uint32     `toml:"admin_uids" json:"admin_uids"`
-	AdminGIDs            []uint32     `toml:"admin_gids" json:"admin_gids"`
-	MaxConnections       int          `toml:"max_connections" json:"max_connections"`
-	MaxConnectionsPerUID int          `toml:"max_connections_per_uid" json:"max_connections_per_uid"`
-	Root                 string       `toml:"root" json:"root"`
-	LogLevel             string       `toml:"log_level" json:"log_level"`
-	Pools                []poolConfig `toml:"pools" json:"pools"`
+	AdminUIDs            []uint32 `toml:"admin_uids" json:"admin_uids"`
+	AdminGIDs            []uint32 `toml:"admin_gids" json:"admin_gids"`
+	MaxConnections       int      `toml:"max_connections" json:"max_connections"`
+	MaxConnectionsPerUID int      `toml:"max_connections_per_uid" json:"max_connections_per_uid"`
+	Root                 string   `toml:"root" json:"root"`
+	LogLevel             string   `toml:"log_level" json:"log_level"`
+	// MetricsAddr serves Prometheus metrics ("127.0.0.1:9464", or a bare
+	// port); MetricsAllowRemote lets it be an address other hosts reach.
+	MetricsAddr        string       `toml:"metrics_addr" json:"metrics_addr"`
+	MetricsAllowRemote bool         `toml:"metrics_allow_remote" json:"metrics_allow_remote"`
+	Pools              []poolConfig `toml:"pools" json:"pools"`
 }
 
 // poolConfig is one pool in the file. Durations are Go duration strings
@@ -43,6 +47,7 @@ type poolConfig struct {
 	Command              []string          `toml:"command" json:"command"`
 	MaxWorkers           int               `toml:"max_workers" json:"max_workers"`
 	MinWorkers           *int              `toml:"min_workers" json:"min_workers"`
+	StartWorkers         int               `toml:"start_workers" json:"start_workers"`
 	IdleDelay            string            `toml:"idle_delay" json:"idle_delay"`
 	MaxTasksPerChild     int               `toml:"max_tasks_per_child" json:"max_tasks_per_child"`
 	SpareWorkers         int               `toml:"spare_workers" json:"spare_workers"`
@@ -221,7 +226,7 @@ func (pc poolConfig) toPool() (pool.Config, error) {
 	}
 	return pool.Config{
 		Name: pc.Name, Kind: pool.Kind(pc.Kind), Command: pc.Command,
-		MaxWorkers: pc.MaxWorkers, MinWorkers: pc.MinWorkers, IdleDelay: idle,
+		MaxWorkers: pc.MaxWorkers, MinWorkers: pc.MinWorkers, StartWorkers: pc.StartWorkers, IdleDelay: idle,
 		MaxTasksPerChild: pc.MaxTasksPerChild, SpareWorkers: pc.SpareWorkers, MaxWorkerMemoryBytes: int64(pc.MaxWorkerMemoryBytes),
 		TrimThresholdBytes: int64(pc.TrimThresholdBytes), MemoryMax: int64(pc.MemoryMax), MemoryHigh: int64(pc.MemoryHigh),
 		PidsMax: pc.PidsMax, CPUWeight: pc.CPUWeight, CPUMax: pc.CPUMax, MaxBacklog: pc.MaxBacklog,

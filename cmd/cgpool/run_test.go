@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -211,25 +210,6 @@ func TestRunBarAndQuiet(t *testing.T) {
 	if r.stdout != "" || !strings.Contains(r.stderr, "2 commands: 2 succeeded") {
 		t.Errorf("--quiet: stdout %q, stderr %q", r.stdout, r.stderr)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer that a test may read while a command
-// writes to it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func mustMount(t *testing.T) string {
