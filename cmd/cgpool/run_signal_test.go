@@ -182,32 +182,40 @@ func TestRunSecondInterrupt(t *testing.T) {
 	}
 }
 
-// TestRunSIGTERM exits 143 and counts the not-started ones once.
+// TestRunSIGTERM: SIGTERM exits 143 and SIGHUP (a closed terminal) 129,
+// each counting the not-started ones once.
 func TestRunSIGTERM(t *testing.T) {
 	requireCgroups(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := cgpool(ctx, "run", "-j2", "--line-buffer", "echo started {}; sleep 300")
-	cmd.Stdin = strings.NewReader(strings.Repeat("x\n", 200))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	for n := 0; n < 2 && sc.Scan(); n++ {
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	io.Copy(io.Discard, out)
-	if code := exitStatus(t, cmd.Wait()); code != 143 {
-		t.Errorf("exit %d, want 143", code)
-	}
-	if want := "cgpool: 200 commands: 0 succeeded, 2 killed by the interrupt, 198 not started\n"; !strings.HasSuffix(stderr.String(), want) {
-		t.Errorf("stderr %q, want the summary %q", stderr.String(), want)
-	}
-	if strings.Contains(stderr.String(), "cancelled") {
-		t.Errorf("stderr %q: a line per command not started", stderr.String())
+	for _, tc := range []struct {
+		sig  syscall.Signal
+		code int
+	}{{syscall.SIGTERM, 143}, {syscall.SIGHUP, 129}} {
+		t.Run(tc.sig.String(), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := cgpool(ctx, "run", "-j2", "--line-buffer", "echo started {}; sleep 300")
+			cmd.Stdin = strings.NewReader(strings.Repeat("x\n", 200))
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, _ := cmd.StdoutPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			sc := bufio.NewScanner(out)
+			for n := 0; n < 2 && sc.Scan(); n++ {
+			}
+			cmd.Process.Signal(tc.sig)
+			io.Copy(io.Discard, out)
+			if code := exitStatus(t, cmd.Wait()); code != tc.code {
+				t.Errorf("exit %d, want %d", code, tc.code)
+			}
+			if want := "cgpool: 200 commands: 0 succeeded, 2 killed by the interrupt, 198 not started\n"; !strings.HasSuffix(stderr.String(), want) {
+				t.Errorf("stderr %q, want the summary %q", stderr.String(), want)
+			}
+			if strings.Contains(stderr.String(), "cancelled") {
+				t.Errorf("stderr %q: a line per command not started", stderr.String())
+			}
+		})
 	}
 }
 
