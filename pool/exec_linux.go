@@ -112,7 +112,7 @@ func (s *slot) runExec(t *Task) {
 		if !s.leaf.Exists() {
 			msg = "the slot's cgroup was removed from outside as the command started: " + msg
 		}
-		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: msg, Leaf: s.leafPath})
+		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: msg, Leaf: s.leafPath, Usage: s.takeUsage(time.Since(start))})
 		return
 	}
 	p.observeSpawn(start)
@@ -127,6 +127,7 @@ func (s *slot) runExec(t *Task) {
 
 	stop := p.armTimeout(t)
 	<-proc.Done() // a deadline or a hard cancel kills the group, and so the command
+	wall := time.Since(start)
 	stop()
 	kill := p.killReason(t)
 	e := waitExit(proc, teardownTimeout)
@@ -150,7 +151,10 @@ func (s *slot) runExec(t *Task) {
 	s.pid = 0
 	p.mu.Unlock()
 
-	base := Outcome{Pid: pid, Leaf: s.leafPath, Stdout: out.buf, Stderr: errOut.buf, StdoutTruncated: out.truncated, StderrTruncated: errOut.truncated}
+	// The slot is empty now: its counters hold all the command and its
+	// descendants did, detached daemons included.
+	base := Outcome{Pid: pid, Leaf: s.leafPath, Stdout: out.buf, Stderr: errOut.buf, StdoutTruncated: out.truncated, StderrTruncated: errOut.truncated,
+		Usage: s.takeUsage(wall)}
 	o := s.classify(t, base, before, kill, e)
 	if o.Kind == ProcessError && o.Reason == oomwatch.Crashed {
 		// A command that exits by itself, whatever its status, has a result.
