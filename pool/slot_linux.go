@@ -738,7 +738,17 @@ func (s *slot) recoverPanic() {
 	p := s.p
 	p.log.Error("a worker slot's goroutine panicked: its task is reported lost, the slot is torn down and replaced; this is a bug in cgpool",
 		"slot", s.name, "panic", v, "stack", string(debug.Stack()))
-	u := s.takeUsage(0) // the slot goroutine's own files; used only if a task was running
+	// What the lost task used so far, from the slot goroutine's own files
+	// (used only if a task was running); a second panic here must not
+	// escape this recover.
+	u := func() (u *Usage) {
+		defer func() {
+			if recover() != nil {
+				u = nil
+			}
+		}()
+		return s.takeUsage(0)
+	}()
 	p.mu.Lock()
 	p.stats.SlotPanics++
 	t := s.task
