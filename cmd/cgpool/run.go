@@ -112,7 +112,9 @@ sets memory.max (an OOM kill is reported as such), and nothing a command starts
 outlives it.
 
 Each command's output is printed when it ends; a progress bar is shown on a
-terminal; a summary of failures by reason ends the run.
+terminal; a summary of failures by reason ends the run, with the slowest
+command (wall time) and the hungriest (memory peak, or CPU time where memory
+is not measured), from each command's cgroup.
 
 Exit status: for a single command, its own status, or 124 timeout, 125 OOM,
 126 crashed, 128+N killed by signal N, 120 cancelled/refused; for many, the
@@ -337,5 +339,14 @@ func summarize(w io.Writer, results []jobResult, always bool) int {
 		line += " (" + strings.Join(parts, ", ") + ")"
 	}
 	fmt.Fprintln(w, line)
+	if always {
+		rows := make([]usageRow, 0, len(results))
+		for _, r := range results {
+			if r.outcome != nil {
+				rows = append(rows, usageRow{r.job.n, r.job.label, poolFigures(r.outcome.Usage)})
+			}
+		}
+		summarizeUsage(w, rows)
+	}
 	return failed
 }

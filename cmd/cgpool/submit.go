@@ -30,6 +30,7 @@ func submitCmd() *cobra.Command {
 		timeout, queueTimeout   time.Duration
 		priority                int
 		env                     []string
+		showUsage               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "submit [flags] -- COMMAND [ARG...]",
@@ -45,9 +46,13 @@ itself, the exit status says why:
   120       cancelled, not started within --queue-timeout, or refused
   1         cgpool itself failed (no daemon, ...); 2 bad usage
 
-Ctrl-C cancels the task (its cgroup is killed).`,
+Ctrl-C cancels the task (its cgroup is killed). --usage prints one line at the
+end with what the task cost, read from its cgroup (so what its children and
+detached daemons did counts): wall time, CPU user/system, memory peak, pids
+peak, I/O bytes; a figure the daemon's kernel cannot measure says so.`,
 		Example: `  cgpool submit -- sh -c 'exit 3'; echo $?     # 3
-  cgpool submit --timeout 5s --memory-max 256M -- ./build.sh`,
+  cgpool submit --timeout 5s --memory-max 256M -- ./build.sh
+  cgpool submit --usage -- make -j4   # last line: cgpool: usage: wall 41.20s, CPU 123.40s (user ...`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t := client.Task{Pool: pool, Argv: args, Priority: priority, Timeout: timeout, QueueTimeout: queueTimeout, Env: map[string]string{}}
@@ -83,7 +88,11 @@ Ctrl-C cancels the task (its cgroup is killed).`,
 				_, _ = f.Cancel(cctx, true)
 				res, err = f.Wait(cctx)
 			}
-			return submitExit(res, err)
+			exit := submitExit(res, err)
+			if showUsage {
+				reportUsage(os.Stderr, f.Usage())
+			}
+			return exit
 		},
 	}
 	fl := cmd.Flags()
@@ -94,6 +103,7 @@ Ctrl-C cancels the task (its cgroup is killed).`,
 	fl.StringVar(&memoryMax, "memory-max", "", "memory.max for this task, e.g. 64M (at most the pool's)")
 	fl.IntVar(&priority, "priority", 0, "queue priority, >= 0; lower runs first")
 	fl.StringArrayVar(&env, "env", nil, "NAME=VALUE added to the task's environment (repeatable)")
+	fl.BoolVar(&showUsage, "usage", false, "print what the task cost to stderr at the end: wall and CPU time, memory and pids peaks, I/O bytes (from its cgroup: children and daemons included)")
 	return cmd
 }
 
