@@ -84,3 +84,28 @@ func BenchmarkLeafLifecycle(b *testing.B) {
 		b.ReportMetric(float64(m.d[len(m.d)/2].Microseconds()), m.name)
 	}
 }
+
+// BenchmarkUsageRead is what a slot pays per task for its usage figures:
+// one UsageFiles.Read (a pread of each of cpu.stat, memory.peak, pids.peak
+// and io.stat that the group has) of a group with a live process.
+//
+//	go test -run '^$' -bench UsageRead ./cgroup
+func BenchmarkUsageRead(b *testing.B) {
+	r := kerneltest.NewRoot(b)
+	g, err := r.Mkdir("w-1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	u, err := g.OpenUsage()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer u.Close()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := u.Read(); err != nil {
+			b.Fatal(err)
+		}
+		u.ResetPeaks()
+	}
+}

@@ -46,7 +46,7 @@ func seedFixtures(f *testing.F, prefixes ...string) {
 // like. Whatever it accepts, written back one "key value" line per key,
 // parses to the same map; the typed parsers agree with it.
 func FuzzParseFlatKeyed(f *testing.F) {
-	seedFixtures(f, "memory.events", "cgroup.events", "cgroup.stat")
+	seedFixtures(f, "memory.events", "cgroup.events", "cgroup.stat", "cpu.stat")
 	f.Add([]byte("populated 1\nfrozen 0"))            // no final newline
 	f.Add([]byte("oom_kill  18446744073709551615\n")) // two spaces, the largest value
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -105,6 +105,24 @@ func FuzzParseProcCgroup(f *testing.F) {
 		}
 		if !bytes.Contains(data, []byte("0::"+p)) {
 			t.Fatalf("ParseProcCgroup(%q) = %q, which no 0:: line holds", data, p)
+		}
+	})
+}
+
+// FuzzParseIOStat: io.stat. It never panics, and when it accepts a file
+// it accepts each of its lines alone.
+func FuzzParseIOStat(f *testing.F) {
+	seedFixtures(f, "io.stat")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := ParseIOStat(string(data))
+		if err != nil {
+			return
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			one, err := ParseIOStat(line)
+			if err != nil {
+				t.Fatalf("ParseIOStat(%q) = %+v but its line %q gives %+v, %v", data, s, line, one, err)
+			}
 		}
 	})
 }

@@ -21,8 +21,10 @@ import (
 // its children only when it holds no process of its own.
 const SupervisorName = "supervisor"
 
-// Wanted lists the controllers cgpool enables when they are offered.
-var wanted = []string{"cpu", "memory", "pids"}
+// Wanted lists the controllers cgpool enables when they are offered. io
+// sets no limit; it is there for io.stat, the bytes each task read and
+// wrote (pool.Usage).
+var wanted = []string{"cpu", "memory", "pids", "io"}
 
 // sweepTimeout bounds how long Sweep waits for one killed group to empty.
 const sweepTimeout = 10 * time.Second

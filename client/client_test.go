@@ -657,6 +657,44 @@ type failWriter struct{}
 
 func (failWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
 
+// TestUsage: the usage object of any outcome reaches Future.Usage (and a
+// Result's Usage), with absent figures marked absent and zeros kept.
+func TestUsage(t *testing.T) {
+	c, sc := setup(t)
+	i64 := func(v int64) *int64 { return &v }
+	f := submit(t, c, Task{Pool: "exec", Argv: []string{"true"}})
+	if f.Usage() != nil {
+		t.Fatal("Usage before the outcome is not nil")
+	}
+	h, _ := sc.expect(t, ipc.TypeSubmit)
+	sc.send(t, ipc.Header{Type: ipc.TypeResult, ID: h.ID, Usage: &ipc.Usage{WallUS: 1500, CPUUserUS: 1200, CPUSystemUS: 300,
+		MemoryPeak: i64(64 << 20), MemoryPeakScope: ipc.UsageScopeSlot, IOReadBytes: i64(0), IOWriteBytes: i64(4096)}}, nil)
+	res, err := wait(t, f)
+	want := Usage{Wall: 1500 * time.Microsecond, CPUUser: 1200 * time.Microsecond, CPUSystem: 300 * time.Microsecond,
+		MemoryPeak: 64 << 20, MemoryPeakScope: "slot", IOWrite: 4096, HasIO: true}
+	if err != nil || res.Usage == nil || *res.Usage != want || f.Usage() != res.Usage {
+		t.Fatalf("result usage %+v (future: %+v), %v; want %+v", res.Usage, f.Usage(), err, want)
+	}
+
+	// A process error carries it too; none sent is nil.
+	f = submit(t, c, Task{Pool: "exec", Argv: []string{"true"}})
+	h, _ = sc.expect(t, ipc.TypeSubmit)
+	sc.send(t, ipc.Header{Type: ipc.TypeProcessError, ID: h.ID, Reason: ipc.ProcessKilled, Signal: 9,
+		Usage: &ipc.Usage{WallUS: 7, CPUUserUS: -5, PidsPeak: i64(3)}}, nil)
+	if _, err := wait(t, f); err == nil {
+		t.Fatal("process error: no error")
+	}
+	if u := f.Usage(); u == nil || *u != (Usage{Wall: 7 * time.Microsecond, PidsPeak: 3, PidsPeakScope: "slot"}) {
+		t.Errorf("process error usage %+v", u)
+	}
+	f = submit(t, c, Task{Pool: "exec", Argv: []string{"true"}})
+	h, _ = sc.expect(t, ipc.TypeSubmit)
+	sc.send(t, ipc.Header{Type: ipc.TypeQueueTimeout, ID: h.ID}, nil)
+	if _, err := wait(t, f); err == nil || f.Usage() != nil {
+		t.Errorf("queue timeout: %v, usage %+v; want an error and no usage", err, f.Usage())
+	}
+}
+
 func TestCancel(t *testing.T) {
 	c, sc := setup(t)
 

@@ -13,6 +13,9 @@
 //	res, err := f.Wait(ctx)
 //	var pe *client.ProcessError
 //	if errors.As(err, &pe) && pe.OOM() { ... }
+//	if u := f.Usage(); u != nil { // what it cost, whatever the outcome
+//		fmt.Println(u.Wall, u.CPUUser+u.CPUSystem, u.MemoryPeak, u.MemoryPeakScope)
+//	}
 //
 // # What it owns
 //

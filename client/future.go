@@ -84,6 +84,69 @@ type Result struct {
 	PID int
 	// Leaf is the cgroup the task ran in, "" if unknown.
 	Leaf string
+	// Usage is what the task cost, nil if the server sent none (see
+	// [Usage]; [Future.Usage] has it for every outcome).
+	Usage *Usage
+}
+
+// Usage is what a task cost, as the server read it from the task's slot
+// cgroup: everything in the slot counts, children and detached daemons
+// included (docs/protocol.md §3.4 "usage" says which figures are exact).
+// A figure the server's kernel or controllers do not offer is marked
+// absent: its scope is "" or HasIO is false.
+type Usage struct {
+	// Wall is the task's time on the worker: an exec command's start to
+	// its exit, a worker task's start to its answer.
+	Wall time.Duration
+	// CPUUser and CPUSystem are the CPU time of the slot during the task
+	// (microsecond resolution).
+	CPUUser, CPUSystem time.Duration
+	// MemoryPeak is the slot's memory.peak in bytes, valid when
+	// MemoryPeakScope is not "": "task" (reached during this task) or
+	// "slot" (the slot's high-water mark from before this task: an upper
+	// bound of its peak, on kernels that cannot reset the counter).
+	MemoryPeak      int64
+	MemoryPeakScope string
+	// PidsPeak is the slot's pids.peak (tasks, threads included), valid
+	// when PidsPeakScope is not "" (same scopes).
+	PidsPeak      int64
+	PidsPeakScope string
+	// IORead and IOWrite are bytes read and written on block devices
+	// during the task, valid when HasIO (the slot has the io controller).
+	IORead, IOWrite int64
+	HasIO           bool
+}
+
+// usageFrom converts the wire's usage object; negative figures (which no
+// kernel counter has) are read as 0.
+func usageFrom(w *ipc.Usage) *Usage {
+	if w == nil {
+		return nil
+	}
+	us := func(v int64) time.Duration { return time.Duration(max(v, 0)) * time.Microsecond }
+	u := &Usage{Wall: us(w.WallUS), CPUUser: us(w.CPUUserUS), CPUSystem: us(w.CPUSystemUS)}
+	if w.MemoryPeak != nil {
+		u.MemoryPeak, u.MemoryPeakScope = max(*w.MemoryPeak, 0), w.MemoryPeakScope
+		if u.MemoryPeakScope == "" {
+			u.MemoryPeakScope = ipc.UsageScopeSlot // a peak of unknown scope is at most an upper bound
+		}
+	}
+	if w.PidsPeak != nil {
+		u.PidsPeak, u.PidsPeakScope = max(*w.PidsPeak, 0), w.PidsPeakScope
+		if u.PidsPeakScope == "" {
+			u.PidsPeakScope = ipc.UsageScopeSlot
+		}
+	}
+	if w.IOReadBytes != nil || w.IOWriteBytes != nil {
+		u.HasIO = true
+		if w.IOReadBytes != nil {
+			u.IORead = max(*w.IOReadBytes, 0)
+		}
+		if w.IOWriteBytes != nil {
+			u.IOWrite = max(*w.IOWriteBytes, 0)
+		}
+	}
+	return u
 }
 
 // Future is the handle of one submission, returned by [Client.Submit]. All
@@ -111,6 +174,7 @@ type Future struct {
 	finished   bool  // done is closed (or about to be)
 	watched    bool  // counted in Client.watched until finished
 	acceptErr  error // valid once accepted is closed
+	usage      *Usage
 	res        *Result
 	err        error // valid once done is closed
 }
@@ -150,6 +214,17 @@ func (f *Future) Leaf() string {
 	defer f.mu.Unlock()
 	f.watchLocked()
 	return f.leaf
+}
+
+// Usage returns what the task cost, from its terminal outcome, whatever
+// it was (a result, a task error, a timeout, a process error, a cancel
+// while running): nil until the outcome has arrived, for a task that
+// never started, and when the server sent none. It does not block.
+func (f *Future) Usage() *Usage {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.watchLocked()
+	return f.usage
 }
 
 // Running reports whether the task is running now: the "running" message
@@ -305,6 +380,7 @@ func (f *Future) handle(h *ipc.Header, payload []byte) {
 		f.leaf = h.Leaf
 	}
 	pid, leaf := f.pid, f.leaf
+	usage := usageFrom(h.Usage)
 	var (
 		res       *Result
 		err       error
@@ -314,6 +390,7 @@ func (f *Future) handle(h *ipc.Header, payload []byte) {
 	case ipc.TypeResult:
 		res = f.result(h, payload, pid, leaf)
 		res.WriteErr = f.writeErr
+		res.Usage = usage
 	case ipc.TypeRejected:
 		err = &RejectedError{ID: f.id, Reason: h.Reason, Message: h.Message}
 		acceptErr = err
@@ -340,6 +417,7 @@ func (f *Future) handle(h *ipc.Header, payload []byte) {
 		f.mu.Unlock()
 		return
 	}
+	f.usage = usage
 	f.finishLocked(res, err, acceptErr)
 	f.mu.Unlock()
 }

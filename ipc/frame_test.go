@@ -43,6 +43,8 @@ type message struct {
 	payload []byte
 }
 
+func i64(v int64) *int64 { return &v }
+
 var stdoutStderr = []byte("line 1\nline 2\nwarning: something\n")
 
 // messages holds one (or more) example of every message of both protocols.
@@ -60,6 +62,9 @@ var messages = []message{
 	{name: "result", h: Header{Type: TypeResult, ID: 42, PID: 31337, Leaf: "w-3"}, payload: []byte("output bytes")},
 	{name: "result_exec", golden: true, h: Header{Type: TypeResult, ID: 43, PID: 31338, Leaf: "w-1", ExitCode: 3, StdoutLen: 14,
 		StderrTruncated: true}, payload: stdoutStderr},
+	{name: "result_usage", golden: true, h: Header{Type: TypeResult, ID: 45, PID: 31339, Leaf: "w-2", Usage: &Usage{WallUS: 1520331,
+		CPUUserUS: 1203114, CPUSystemUS: 88012, MemoryPeak: i64(67153920), MemoryPeakScope: UsageScopeTask, IOReadBytes: i64(0), IOWriteBytes: i64(4194304)}},
+		payload: []byte("ok")},
 	{name: "task_error", h: Header{Type: TypeTaskError, ID: 42, PID: 31337, Leaf: "w-3", Message: "ValueError: bad",
 		Traceback: "Traceback (most recent call last):\n  ...\nValueError: bad\n"}, payload: []byte("\x80\x05pickled exc")},
 	{name: "timeout", h: Header{Type: TypeTimeout, ID: 42, PID: 31337, Leaf: "w-3", TimeoutMS: 30000}},
@@ -166,7 +171,7 @@ func TestWireLayout(t *testing.T) {
 func TestHeaderJSONNames(t *testing.T) {
 	want := []string{"type", "id", "version", "client", "server", "pools", "pid", "leaf", "init_error",
 		"pool", "priority", "timeout_ms", "queue_timeout_ms", "memory_max", "env", "argv", "cwd", "affinity", "stream_output", "max_output", "hold",
-		"reason", "code", "message", "traceback", "exit_code", "signal", "memory_peak", "stdout_len",
+		"reason", "code", "message", "traceback", "exit_code", "signal", "memory_peak", "usage", "stdout_len",
 		"stdout_truncated", "stderr_truncated", "stream", "rss", "mode", "ok", "state", "stats", "status",
 		"replace", "wait", "cancel_futures", "deadline_ms"}
 	var got []string

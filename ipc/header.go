@@ -200,6 +200,10 @@ type Header struct {
 	Signal int `json:"signal,omitempty"`
 	// MemoryPeak is the cgroup's peak memory use in bytes (process_error).
 	MemoryPeak int64 `json:"memory_peak,omitempty"`
+	// Usage is what the task cost, read from its slot's cgroup (terminal
+	// outcomes of a task that started: result, task_error, timeout,
+	// process_error, cancelled); nil when the server sent none.
+	Usage *Usage `json:"usage,omitempty"`
 	// StdoutLen is the number of payload bytes that are stdout; the rest is
 	// stderr (result of exec pools).
 	StdoutLen int64 `json:"stdout_len,omitempty"`
@@ -239,6 +243,41 @@ type Header struct {
 	// (hard-cancelled); 0 = no deadline (shutdown).
 	DeadlineMS int64 `json:"deadline_ms,omitempty"`
 }
+
+// Usage is the "usage" object of a terminal outcome (see docs/protocol.md
+// §3.4). Unlike the header's own members, an optional figure here is
+// absent (nil) when it was not measured, and a measured 0 is sent as 0:
+// absence and zero mean different things.
+type Usage struct {
+	// WallUS is the task's time on the worker in microseconds.
+	WallUS int64 `json:"wall_us"`
+	// CPUUserUS and CPUSystemUS are the CPU time of everything in the
+	// task's slot during the task (cpu.stat user_usec, system_usec).
+	CPUUserUS   int64 `json:"cpu_user_us"`
+	CPUSystemUS int64 `json:"cpu_system_us"`
+	// MemoryPeak is memory.peak in bytes; MemoryPeakScope is UsageScope*
+	// (what the peak covers). Both absent without the memory controller or
+	// before Linux 5.19.
+	MemoryPeak      *int64 `json:"memory_peak,omitempty"`
+	MemoryPeakScope string `json:"memory_peak_scope,omitempty"`
+	// PidsPeak is pids.peak (tasks, threads included), with its scope;
+	// absent without the pids controller or before Linux 6.1.
+	PidsPeak      *int64 `json:"pids_peak,omitempty"`
+	PidsPeakScope string `json:"pids_peak_scope,omitempty"`
+	// IOReadBytes and IOWriteBytes are io.stat's rbytes and wbytes over
+	// all devices during the task; absent without the io controller.
+	IOReadBytes  *int64 `json:"io_read_bytes,omitempty"`
+	IOWriteBytes *int64 `json:"io_write_bytes,omitempty"`
+}
+
+// Scopes of a Usage peak.
+const (
+	// UsageScopeTask: the peak was reached during the task.
+	UsageScopeTask = "task"
+	// UsageScopeSlot: the slot's high-water mark since its creation, an
+	// upper bound of the task's peak (the kernel could not reset it).
+	UsageScopeSlot = "slot"
+)
 
 // Frame is one header plus its payload, as written by [Conn.WriteBatch].
 type Frame struct {

@@ -27,6 +27,7 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	taskRun, spawn, empty *prometheus.HistogramVec
+	taskCPU, taskMemory   *prometheus.HistogramVec
 
 	mu     sync.Mutex
 	src    Source
@@ -61,7 +62,19 @@ func New() *Metrics {
 		// 50 µs to about 16 s: the kernel's kill floor to a task stuck in D state.
 		Buckets: prometheus.ExponentialBuckets(0.00005, 3, 13),
 	}, []string{"pool"})
-	m.reg.MustRegister(m.taskRun, m.spawn, m.empty, (*stats)(m),
+	m.taskCPU = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "cgpool_task_cpu_seconds",
+		Help: "CPU time (user plus system) of tasks that started, from their slot cgroup's cpu.stat over the task: children and detached daemons included.",
+		// 1 ms to about 6 h of CPU.
+		Buckets: prometheus.ExponentialBuckets(0.001, 3, 16),
+	}, []string{"pool"})
+	m.taskMemory = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "cgpool_task_memory_peak_bytes",
+		Help: "memory.peak of the slot of each task that started (Linux 5.19+, the memory controller): the task's own peak on 6.12+ or when it raised the slot's mark, else the slot's high-water mark, an upper bound. No observation where memory.peak is missing.",
+		// 1 MiB to 64 GiB.
+		Buckets: prometheus.ExponentialBuckets(1<<20, 2, 17),
+	}, []string{"pool"})
+	m.reg.MustRegister(m.taskRun, m.spawn, m.empty, m.taskCPU, m.taskMemory, (*stats)(m),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector())
 	return m
@@ -101,7 +114,15 @@ func (m *Metrics) SlotEmptied(p string, d time.Duration) {
 	m.empty.WithLabelValues(p).Observe(d.Seconds())
 }
 
-var _ pool.Observer = (*Metrics)(nil)
+// TaskUsage implements pool.UsageObserver.
+func (m *Metrics) TaskUsage(p string, u *pool.Usage) {
+	m.taskCPU.WithLabelValues(p).Observe((u.CPUUser + u.CPUSystem).Seconds())
+	if u.MemoryPeakScope != "" {
+		m.taskMemory.WithLabelValues(p).Observe(float64(u.MemoryPeak))
+	}
+}
+
+var _ pool.UsageObserver = (*Metrics)(nil)
 
 // stats is the prometheus.Collector that reads the pools at scrape time.
 type stats Metrics

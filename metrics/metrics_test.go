@@ -229,10 +229,15 @@ func TestEndpoint(t *testing.T) {
 		{"cgpool_task_duration_seconds", map[string]string{"pool": "m", "outcome": "result"}, 3},
 		{"cgpool_task_duration_seconds", map[string]string{"pool": "m", "outcome": "timeout"}, 1},
 		{"cgpool_spawn_duration_seconds", map[string]string{"pool": "m"}, 4},
+		{"cgpool_task_cpu_seconds", map[string]string{"pool": "m"}, 4}, // every task that started has a usage
 	} {
 		if v, ok := value(fams, want.name, want.labels); !ok || v != want.v {
 			t.Errorf("%s%v = %v, %v; want %v", want.name, want.labels, v, ok, want.v)
 		}
+	}
+	mem, ok := value(fams, "cgpool_task_memory_peak_bytes", map[string]string{"pool": "m"})
+	if hasMem := slices.Contains(root.Controllers(), "memory"); hasMem && (!ok || mem != 4) || !hasMem && ok && mem != 0 {
+		t.Errorf("cgpool_task_memory_peak_bytes count = %v, %v with the memory controller %v; want 4 with it, none without", mem, ok, hasMem)
 	}
 	if v, ok := value(fams, "cgpool_kill_to_empty_seconds", map[string]string{"pool": "m"}); !ok || v < 1 {
 		t.Errorf("cgpool_kill_to_empty_seconds count = %v, %v; want at least the left-behind child's kill", v, ok)
@@ -271,7 +276,7 @@ func TestEndpoint(t *testing.T) {
 func TestGolden(t *testing.T) {
 	m := New()
 	ch := make(chan *prometheus.Desc, 64)
-	for _, c := range []prometheus.Collector{m.taskRun, m.spawn, m.empty, (*stats)(m)} {
+	for _, c := range []prometheus.Collector{m.taskRun, m.spawn, m.empty, m.taskCPU, m.taskMemory, (*stats)(m)} {
 		c.Describe(ch)
 	}
 	close(ch)

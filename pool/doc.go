@@ -12,6 +12,15 @@
 // Why a worker died is decided by oomwatch.Classify from the slot's OOM
 // counters, read after the worker was reaped and before the slot is removed.
 //
+// Usage: every outcome of a task that started carries its Usage, read
+// from the slot's cgroup (cpu.stat, memory.peak, pids.peak, io.stat, kept
+// open per slot and read with one pread each) once the task is over: for
+// exec pools after the command and all it left are gone, for worker pools
+// right after the answer. CPU and I/O are differences over the task;
+// peaks are the slot's high-water marks, reset after each task where the
+// kernel allows (memory.peak, 6.12+) and otherwise scoped PeakSlot when
+// the task did not raise them. The worker's start-up is no task's.
+//
 // Worker start-up policy: a worker that fails to start, or exits before it
 // says hello, is counted (worker_start_failures, last_start_error, and the
 // slot's start_error in Status) and tried again after a back-off that

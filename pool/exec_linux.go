@@ -244,6 +244,7 @@ func (s *slot) runExec(t *Task) {
 			o.Reason, o.ExitCode = oomwatch.Crashed, 126
 			o.Message = "the slot's cgroup was removed from outside as the command started: " + err.Error()
 		}
+		o.Usage = s.takeUsage(time.Since(start))
 		s.finish(t, o)
 		return
 	}
@@ -315,6 +316,7 @@ func (s *slot) runExec(t *Task) {
 	// The timeout covers the command and the delivery of its output.
 	stop := p.armTimeout(t)
 	<-proc.Done() // a deadline or a hard cancel kills the group, and so the command
+	wall := time.Since(start)
 	e := waitExit(proc, teardownTimeout)
 	proc.Close()
 	// Nothing outlives its task: kill what the command left in the slot.
@@ -351,7 +353,10 @@ func (s *slot) runExec(t *Task) {
 	s.killed = nil
 	p.mu.Unlock()
 
-	base := Outcome{Pid: pid, Leaf: s.leafPath, StdoutBytes: pipes[0].read, StderrBytes: pipes[1].read}
+	base := Outcome{Pid: pid, Leaf: s.leafPath, StdoutBytes: pipes[0].read, StderrBytes: pipes[1].read,
+		// The slot is empty now: its counters hold all the command and its
+		// descendants did, detached daemons included.
+		Usage: s.takeUsage(wall)}
 	if capt != nil {
 		base.Stdout, base.Stderr = capt.buf[Stdout], capt.buf[Stderr]
 		base.StdoutTruncated, base.StderrTruncated = capt.truncated[Stdout], capt.truncated[Stderr]

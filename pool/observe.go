@@ -24,6 +24,15 @@ type Observer interface {
 	SlotEmptied(pool string, d time.Duration)
 }
 
+// UsageObserver is an Observer that is also told what each task cost
+// (Outcome.Usage), for histograms of CPU time and memory peaks. A pool
+// calls TaskUsage after TaskEnded for every outcome that has a Usage,
+// under the same rules as the Observer's methods.
+type UsageObserver interface {
+	Observer
+	TaskUsage(pool string, u *Usage)
+}
+
 // nopObserver is the Observer of a pool configured without one.
 type nopObserver struct{}
 

@@ -134,8 +134,13 @@ func TestTaskMemoryLimitEveryEnd(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				if o := f.wait(t, time.Minute); !e.want(o) {
+				o := f.wait(t, time.Minute)
+				if !e.want(o) {
 					t.Errorf("%s: outcome %+v", e.name, o)
+				}
+				// Every end of a task that ran says what it cost (issue 14).
+				if u := o.Usage; u == nil || u.Wall <= 0 || u.MemoryPeakScope == "" || u.MemoryPeak <= 0 {
+					t.Errorf("%s: usage %+v, want wall time and memory peak", e.name, u)
 				}
 				// The supervisor lives on, and the next task runs under the
 				// pool's limit.
@@ -143,7 +148,7 @@ func TestTaskMemoryLimitEveryEnd(t *testing.T) {
 				if k == pool.KindExec {
 					next = pool.Spec{Argv: sh(`cat "$MNT$(sed -n 's/^0:://p' /proc/self/cgroup)/../memory.max"`), Env: map[string]string{"MNT": mnt.Point}}
 				}
-				o := submit(t, p, next).wait(t, time.Minute)
+				o = submit(t, p, next).wait(t, time.Minute)
 				got := string(o.Payload)
 				if k == pool.KindExec {
 					got = strings.TrimSpace(string(o.Stdout))

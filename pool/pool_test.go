@@ -471,6 +471,9 @@ func TestSlotPanicIsContained(t *testing.T) {
 			if o.Kind != pool.ProcessError || o.Reason != pool.ReasonLost {
 				t.Errorf("the task whose slot panicked: %+v, want a process error of reason lost", o)
 			}
+			if o.Usage == nil || o.Usage.Wall <= 0 {
+				t.Errorf("the lost task's usage %+v: the slot was there to read", o.Usage)
+			}
 			o = submit(t, p, next).wait(t, 30*time.Second)
 			if o.Kind != pool.Result {
 				t.Errorf("the next task: %+v, want a result", o)

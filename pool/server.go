@@ -1084,9 +1084,27 @@ func wireReason(r oomwatch.Reason) string {
 	return ipc.ProcessCrashed
 }
 
+// wireUsage is a task's Usage as the protocol's usage object.
+func wireUsage(u *Usage) *ipc.Usage {
+	if u == nil {
+		return nil
+	}
+	w := &ipc.Usage{WallUS: u.Wall.Microseconds(), CPUUserUS: u.CPUUser.Microseconds(), CPUSystemUS: u.CPUSystem.Microseconds()}
+	if u.MemoryPeakScope != "" {
+		w.MemoryPeak, w.MemoryPeakScope = &u.MemoryPeak, string(u.MemoryPeakScope)
+	}
+	if u.PidsPeakScope != "" {
+		w.PidsPeak, w.PidsPeakScope = &u.PidsPeak, string(u.PidsPeakScope)
+	}
+	if u.HasIO {
+		w.IOReadBytes, w.IOWriteBytes = &u.IORead, &u.IOWrite
+	}
+	return w
+}
+
 // outcomeFrame encodes a terminal outcome for the client protocol.
 func outcomeFrame(id uint64, o *Outcome) (ipc.Header, []byte) {
-	h := ipc.Header{ID: id, PID: o.Pid, Leaf: o.Leaf}
+	h := ipc.Header{ID: id, PID: o.Pid, Leaf: o.Leaf, Usage: wireUsage(o.Usage)}
 	switch o.Kind {
 	case Result:
 		h.Type = ipc.TypeResult

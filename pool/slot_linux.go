@@ -159,6 +159,12 @@ type incarnation struct {
 	// a worker slot is replaced and an exec slot re-reads them.
 	baseline oomwatch.Counters
 	initErr  string // the worker's initializer error, from its hello
+	// usage holds the slot group's usage files open; usageBase is their
+	// reading after the last task (or the start), which the next task's
+	// usage is counted from; peaksReset says memory.peak was reset then.
+	usage      *cgroup.UsageFiles
+	usageBase  cgroup.UsageSample
+	peaksReset bool
 }
 
 // prepare makes a fresh incarnation: a slot group with the pool's limits,
@@ -217,6 +223,9 @@ func (inc *incarnation) build(p *Pool) error {
 	if inc.baseline, _, err = oomwatch.Read(g); err != nil {
 		return err
 	}
+	if inc.usage, err = g.OpenUsage(); err != nil {
+		return err
+	}
 	if p.cfg.Kind == KindWorker {
 		start := time.Now()
 		w, hello, err := startWorker(inc.leafDir, p.cfg.Command, inc.env, p.workerCredential())
@@ -226,7 +235,64 @@ func (inc *incarnation) build(p *Pool) error {
 		p.observeSpawn(start)
 		inc.w, inc.initErr = w, hello.InitError
 	}
+	// The worker's start (its imports, its initializer) is no task's.
+	inc.markUsage()
 	return nil
+}
+
+// markUsage reads the slot's usage counters as the base of the next
+// task's, and resets memory.peak where the kernel allows.
+func (inc *incarnation) markUsage() {
+	if s, err := inc.usage.Read(); err == nil {
+		inc.usageBase = s
+	}
+	inc.peaksReset = inc.usage.ResetPeaks()
+}
+
+// takeUsage returns what the slot's group used since the last mark and
+// marks again; wall is the task's time on the worker (0: finish fills
+// it in). It is a few preads of files kept open. nil if the slot's
+// counters cannot be read (its group is gone).
+func (inc *incarnation) takeUsage(wall time.Duration) *Usage {
+	if inc.usage == nil {
+		return nil
+	}
+	now, err := inc.usage.Read()
+	if err != nil {
+		return nil
+	}
+	b := inc.usageBase
+	sub := func(a, b uint64) uint64 { // counters only grow; guard anyway
+		if a < b {
+			return 0
+		}
+		return a - b
+	}
+	u := &Usage{
+		Wall:      wall,
+		CPUUser:   time.Duration(sub(now.CPU.UserUsec, b.CPU.UserUsec)) * time.Microsecond,
+		CPUSystem: time.Duration(sub(now.CPU.SystemUsec, b.CPU.SystemUsec)) * time.Microsecond,
+	}
+	scope := func(reset bool, now, before int64) PeakScope {
+		if reset || now > before {
+			return PeakTask
+		}
+		return PeakSlot
+	}
+	if now.HasMemory {
+		u.MemoryPeak, u.MemoryPeakScope = now.MemoryPeak, scope(inc.peaksReset, now.MemoryPeak, b.MemoryPeak)
+	}
+	if now.HasPids {
+		u.PidsPeak, u.PidsPeakScope = now.PidsPeak, scope(false, now.PidsPeak, b.PidsPeak)
+	}
+	if now.HasIO {
+		u.HasIO = true
+		u.IORead = int64(sub(now.IO.ReadBytes, b.IO.ReadBytes))
+		u.IOWrite = int64(sub(now.IO.WriteBytes, b.IO.WriteBytes))
+	}
+	inc.usageBase = now
+	inc.peaksReset = inc.usage.ResetPeaks()
+	return u
 }
 
 // release stops the worker (gracefully if asked and possible) and destroys
@@ -247,6 +313,9 @@ func (inc *incarnation) release(p *Pool, graceful bool) {
 		if f != nil {
 			f.Close()
 		}
+	}
+	if inc.usage != nil {
+		inc.usage.Close()
 	}
 	if inc.group != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
@@ -683,6 +752,17 @@ func (s *slot) recoverPanic() {
 	p := s.p
 	p.log.Error("a worker slot's goroutine panicked: its task is reported lost, the slot is torn down and replaced; this is a bug in cgpool",
 		"slot", s.name, "panic", v, "stack", string(debug.Stack()))
+	// What the lost task used so far, from the slot goroutine's own files
+	// (used only if a task was running); a second panic here must not
+	// escape this recover.
+	u := func() (u *Usage) {
+		defer func() {
+			if recover() != nil {
+				u = nil
+			}
+		}()
+		return s.takeUsage(0)
+	}()
 	p.mu.Lock()
 	p.stats.SlotPanics++
 	t := s.task
@@ -690,7 +770,10 @@ func (s *slot) recoverPanic() {
 	var o *Outcome
 	if t != nil && t.state == running {
 		o = &Outcome{Kind: ProcessError, Reason: ReasonLost, Pid: s.pid, Leaf: s.leafPath, ExitCode: -1,
-			Message: fmt.Sprintf("the supervisor lost this task to an internal error (%v); it may have run in part", v)}
+			Message: fmt.Sprintf("the supervisor lost this task to an internal error (%v); it may have run in part", v), Usage: u}
+		if u != nil && u.Wall == 0 {
+			u.Wall = time.Since(s.taskStart)
+		}
 		p.endLocked(t, o)
 	}
 	p.mu.Unlock()
@@ -722,13 +805,20 @@ func (s *slot) finish(t *Task, o *Outcome) {
 	p.mu.Lock()
 	p.endLocked(t, o)
 	run := time.Since(s.taskStart)
+	if o.Usage != nil && o.Usage.Wall == 0 {
+		o.Usage.Wall = run
+	}
 	s.task = nil
 	s.tasksDone++
 	if s.state == "busy" {
 		s.state = "idle"
 	}
 	p.mu.Unlock()
-	p.observer().TaskEnded(p.cfg.Name, o.Kind, string(o.Reason), run)
+	obs := p.observer()
+	obs.TaskEnded(p.cfg.Name, o.Kind, string(o.Reason), run)
+	if uo, ok := obs.(UsageObserver); ok && o.Usage != nil {
+		uo.TaskUsage(p.cfg.Name, o.Usage)
+	}
 	t.notify(Event{Outcome: o})
 }
 
@@ -835,6 +925,7 @@ func (s *slot) runWorkerTask(t *Task, pre *read) {
 		// last thing the slot does before it waits again: the client's
 		// wake-up then finds this CPU free.
 		left := s.leftovers()
+		o.Usage = s.takeUsage(0)
 		s.finish(t, &o)
 		s.afterTask(left)
 		return
@@ -852,6 +943,7 @@ func (s *slot) runWorkerTask(t *Task, pre *read) {
 	// Nothing outlives its task, by the time its outcome is told: what the
 	// worker started (a detached daemon) may still be dying of the kill.
 	s.emptyGroup()
+	base.Usage = s.takeUsage(0)
 	o := s.classify(t, base, before, p.killReason(t), e)
 	s.finish(t, o)
 	s.teardown(false)
@@ -982,6 +1074,7 @@ func (s *slot) afterTask(left int) {
 	}
 	if p.cfg.TrimThresholdBytes > 0 && mem >= p.cfg.TrimThresholdBytes {
 		s.trim()
+		s.markUsage() // the trim is no task's
 	}
 }
 

@@ -150,6 +150,50 @@ type Outcome struct {
 	StdoutBytes, StderrBytes         int64
 
 	Timeout time.Duration // TimedOut: the limit that passed
+
+	// Usage is what the task cost, read from its slot's cgroup: set on
+	// every outcome of a task that started (result, task error, timeout,
+	// process error, cancelled while running), nil for one that never
+	// started.
+	Usage *Usage
+}
+
+// PeakScope says what a peak figure of a Usage covers.
+type PeakScope string
+
+const (
+	// PeakTask: the peak was reached during the task (the slot's counter
+	// was reset before it, the slot was fresh, or the task raised the
+	// slot's high-water mark): exact for the task.
+	PeakTask PeakScope = "task"
+	// PeakSlot: the slot's high-water mark since it was created, reached
+	// before this task and not raised by it: an upper bound of the task's
+	// peak. Seen for the second and later tasks of a reused slot on a
+	// kernel that cannot reset the counter (memory.peak before 6.12;
+	// pids.peak always).
+	PeakSlot PeakScope = "slot"
+)
+
+// Usage is the cost of one task, from the counters of its slot's cgroup
+// (children, grandchildren and detached daemons included: everything in
+// the slot is in the group) taken as a difference over the task. CPU and
+// I/O figures are exact for an exec task (the slot is empty before and
+// after); for a worker pool they also count what the worker did between
+// tasks (idle: next to nothing; a trim), and not what a process the task
+// left behind did after the answer. Figures the kernel or the slot's
+// controllers do not offer are absent: their Has flag or scope is zero.
+type Usage struct {
+	Wall      time.Duration // on the worker: exec, spawn to exit; worker pools, start to answer
+	CPUUser   time.Duration // cpu.stat user_usec, microsecond resolution
+	CPUSystem time.Duration // cpu.stat system_usec
+
+	MemoryPeak      int64     // bytes (memory.peak); valid if MemoryPeakScope != ""
+	MemoryPeakScope PeakScope // "" where the memory controller or memory.peak (5.19) is missing
+	PidsPeak        int64     // tasks, threads included (pids.peak); valid if PidsPeakScope != ""
+	PidsPeakScope   PeakScope // "" where the pids controller or pids.peak (6.1) is missing
+
+	IORead, IOWrite int64 // bytes (io.stat rbytes, wbytes, all devices); valid if HasIO
+	HasIO           bool  // the slot has the io controller
 }
 
 func (o *Outcome) String() string {

@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv("CGPOOL_TEST_CLIENT"); sock != "" {
 		os.Exit(clientHelper(sock, os.Getenv("CGPOOL_TEST_REQS")))
 	}
+	if spec := os.Getenv("CGPOOL_TEST_USAGE"); spec != "" {
+		os.Exit(usageHelper(spec))
+	}
 	if os.Getenv("CGPOOL_TEST_WORKER") == "1" {
 		if f := os.Getenv("CGPOOL_TEST_FAIL_IF"); f != "" {
 			if _, err := os.Stat(f); err == nil {
@@ -105,6 +108,11 @@ func handle(ctx context.Context, t *worker.Task) ([]byte, error) {
 		var b [1]byte
 		_, err = f.Read(b[:])
 		return b[:], err
+	case "usage": // see usageHelper
+		if err := usageWork(arg); err != nil {
+			return nil, err
+		}
+		return []byte("ok"), nil
 	case "fail":
 		return nil, errors.New(arg)
 	case "exit":

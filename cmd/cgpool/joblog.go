@@ -44,6 +44,7 @@ type joblogEntry struct {
 	send, receive int64
 	exit, signal  int
 	reason        string
+	usage         string // the usage columns (figures.joblogColumns); "": none
 	command       string
 }
 
@@ -86,8 +87,12 @@ func (l *joblog) add(e joblogEntry) error {
 		return nil
 	}
 	cmd := strings.NewReplacer("\n", `\n`, "\t", " ").Replace(e.command)
-	fmt.Fprintf(l.w, "%d\t:\t%.3f\t%10.3f\t%d\t%d\t%d\t%d\t%s\t-\t-\t-\t-\t-\t-\t%s\n",
-		e.seq, float64(e.start.UnixMilli())/1e3, e.runtime.Seconds(), e.send, e.receive, e.exit, e.signal, e.reason, cmd)
+	usage := e.usage
+	if usage == "" {
+		usage = "-\t-\t-\t-\t-\t-"
+	}
+	fmt.Fprintf(l.w, "%d\t:\t%.3f\t%10.3f\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n",
+		e.seq, float64(e.start.UnixMilli())/1e3, e.runtime.Seconds(), e.send, e.receive, e.exit, e.signal, e.reason, usage, cmd)
 	return l.w.Flush()
 }
 

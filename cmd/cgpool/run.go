@@ -92,8 +92,9 @@ standard input; otherwise commands read /dev/null.
 
 --joblog FILE writes GNU parallel's joblog (Seq, Host, Starttime, JobRuntime,
 Send, Receive, Exitval, Signal), then cgpool's Reason, the usage columns
-CPUUser, CPUSystem, MemoryPeak, PidsPeak, IORead, IOWrite ("-" until the pool
-reports usage), and Command last. --resume skips the jobs in the joblog;
+CPUUser, CPUSystem (µs), MemoryPeak, PidsPeak, IORead, IOWrite (bytes, from
+the command's cgroup; "-" for a figure this kernel does not measure, "<=N" for
+a slot's high-water mark), and Command last. --resume skips the jobs in the joblog;
 --resume-failed skips only those that succeeded. A run that is interrupted
 does not log the commands it killed, so --resume runs exactly those and the
 ones that never started.
@@ -102,6 +103,11 @@ Ctrl-C (SIGINT), SIGTERM or SIGHUP: no new command starts, the running ones'
 cgroups are killed, their output so far is printed, the summary and the joblog
 are written, and cgpool exits 130 (143, 129). A second Ctrl-C stops at once:
 the output still waiting is dropped, and everything is killed and removed.
+
+A run of several commands ends with a summary line on stderr; one that ended
+by itself also names the slowest command (wall time) and the hungriest
+(memory peak, or CPU time where memory is not measured), from each command's
+cgroup.
 
 Exit status: with --once, the command's own status, or 124 timed out,
 125 OOM-killed, 126 not executable (or could not start), 127 not found,

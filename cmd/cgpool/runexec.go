@@ -138,7 +138,8 @@ type runner struct {
 	stopped   string // why no new command starts: "", "interrupt", "halt", "output"
 	signal    os.Signal
 	haltCode  int
-	err       error // reading the input or writing the output failed
+	usage     usageTop // the slowest and hungriest commands so far
+	err       error    // reading the input or writing the output failed
 }
 
 func execute(ctx context.Context, p *runPlan) error {
@@ -455,9 +456,16 @@ func (r *runner) handle(ev runEvent, total int) {
 	if !end.ok {
 		r.failLine(j, end)
 	}
+	var fig *figures
+	if ev.e.Outcome != nil {
+		fig = poolFigures(ev.e.Outcome.Usage)
+	}
+	r.mu.Lock()
+	r.usage.add(usageRow{j.seq, j.line, fig})
+	r.mu.Unlock()
 	if r.jl != nil {
 		e := joblogEntry{seq: j.seq, start: j.start, runtime: ev.at.Sub(j.start), send: int64(len(j.in)), receive: j.out.bytes,
-			exit: end.exit, signal: end.signal, reason: end.reason, command: j.line}
+			exit: end.exit, signal: end.signal, reason: end.reason, usage: fig.joblogColumns(), command: j.line}
 		if err := r.jl.add(e); err != nil && r.err == nil {
 			fmt.Fprintf(os.Stderr, "cgpool: writing the joblog %s: %v; starting no more commands\n", r.p.o.joblog, err)
 			r.err = err
@@ -568,6 +576,9 @@ func (r *runner) summary(w io.Writer) {
 	line := fmt.Sprintf("cgpool: %s: %s", plural(total, "command"), strings.Join(parts, ", "))
 	if r.stopped == "interrupt" && r.p.o.joblog != "" && (r.killed > 0 || r.notRun > 0 || r.partial) {
 		line += fmt.Sprintf("; the joblog %s lets --resume run the rest", strings.TrimPrefix(r.p.o.joblog, "+"))
+	}
+	if r.stopped == "" {
+		r.usage.summarize(w) // the slowest and the hungriest of a run that ended by itself
 	}
 	fmt.Fprintln(w, line)
 }

@@ -51,7 +51,7 @@ func submitCmd() *cobra.Command {
 		timeout, queueTimeout            time.Duration
 		priority                         int
 		env                              []string
-		envAll                           bool
+		envAll, showUsage                bool
 	)
 	cmd := &cobra.Command{
 		Use:   "submit [flags] -- COMMAND [ARG...]",
@@ -79,10 +79,14 @@ When the task does not end by itself, the exit status says why:
   1         cgpool itself failed (no daemon, ...); 2 bad usage
 
 Ctrl-C kills the task (its whole cgroup) and exits 130; a second Ctrl-C exits
-at once.`,
+at once. --usage prints one line at the end with what the task cost, read from
+its cgroup (so what its children and detached daemons did counts): wall time,
+CPU user/system, memory peak, pids peak, I/O bytes; a figure the daemon's
+kernel cannot measure says so.`,
 		Example: `  cgpool submit -- sh -c 'exit 3'; echo $?     # 3
   cd proj && cgpool submit --timeout 5m --memory-max 256M -- ./build.sh
-  FOO=bar cgpool submit --env FOO -- sh -c 'echo $FOO'`,
+  FOO=bar cgpool submit --env FOO -- sh -c 'echo $FOO'
+  cgpool submit --usage -- make -j4   # last line: cgpool: usage: wall 41.20s, CPU 123.40s (user ...`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// The output streams to ours as the command writes it.
@@ -193,7 +197,11 @@ at once.`,
 				fmt.Fprintf(os.Stderr, "cgpool: %s: the task was killed\n", sigName(sig))
 				return &exitError{signalExit(sig)}
 			}
-			return submitExit(res, err)
+			exit := submitExit(res, err)
+			if showUsage {
+				reportUsage(os.Stderr, f.Usage())
+			}
+			return exit
 		},
 	}
 	fl := cmd.Flags()
@@ -208,6 +216,7 @@ at once.`,
 	fl.BoolVar(&envAll, "env-all", false, "pass your whole environment (but CGPOOL_ variables) to the task")
 	fl.StringVar(&cwd, "cwd", "", "the task's working directory (default: the current directory)")
 	fl.Var(sizeFlag{&maxOutput}, "max-output", "most output (stdout and stderr together) the command may write, e.g. 100M; more kills it (default: no bound)")
+	fl.BoolVar(&showUsage, "usage", false, "print what the task cost to stderr at the end: wall and CPU time, memory and pids peaks, I/O bytes (from its cgroup: children and daemons included)")
 	return cmd
 }
 

@@ -88,7 +88,7 @@ func NewRoot(t testing.TB) *cgroup.Root {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := top.EnableControllers("cpu", "memory", "pids"); err != nil {
+		if err := top.EnableControllers("cpu", "memory", "pids", "io"); err != nil {
 			t.Fatalf("enable controllers at the VM's top cgroup: %v", err)
 		}
 	}

@@ -27,6 +27,7 @@ _LAZY = {
     "SupervisorError": "cgpool.errors",
     "TaskLost": "cgpool.errors",
     "MainGuardError": "cgpool.errors",
+    "Usage": "cgpool.usage",
 }
 
 __all__ = sorted(_LAZY) + ["as_completed", "wait"]

@@ -558,6 +558,8 @@ class Executor(concurrent.futures.Executor):
                     self._queued -= 1
                     self._room.notify()
                 done = self._closed and not self._futures
+            # Before the future is done, so that whoever it wakes sees it.
+            fut._usage_wire = h.get("usage")
             if t == "result":
                 fut._cg_started = True
                 try:

@@ -15,6 +15,7 @@ import sys
 import threading
 
 from cgpool.errors import SupervisorError
+from cgpool.usage import Usage
 
 __all__ = ["Future"]
 
@@ -34,18 +35,33 @@ class Future(concurrent.futures.Future):
       started (it then never will); False for a running or finished task,
       which is left alone (see cancel_and_kill_if_running);
     - ``cancel_and_kill_if_running()``: also kills a running task's whole
-      cgroup; the future then ends cancelled.
+      cgroup; the future then ends cancelled;
+    - ``usage``: what the task cost (a :class:`cgpool.Usage`: CPU and wall
+      seconds, memory and pids peaks, I/O bytes), set before the future is
+      done, whatever the outcome; None for a task that never started.
     """
 
     def __init__(self):
         super().__init__()
         self._pid = None
         self.leaf = None
+        self._usage = None
+        self._usage_wire = None    # the outcome's usage member, parsed on first look
         self._pid_callbacks = []
         self._cg_started = False   # the supervisor said "running" (or answered)
         self._cg_queued = False    # counted in the executor's backlog
         self._cg_notified = False  # ended cancelled (once)
         self._cg_task = None       # (Connection, id) once submitted
+
+    @property
+    def usage(self):
+        """What the task cost, a :class:`cgpool.Usage`, or None (not done
+        yet, never started, or the supervisor sent none)."""
+        wire = self._usage_wire
+        if wire is not None:
+            self._usage = Usage.from_wire(wire)
+            self._usage_wire = None
+        return self._usage
 
     @property
     def pid(self):

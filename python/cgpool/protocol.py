@@ -40,7 +40,7 @@ FIELD_ORDER = (
     "init_error", "pool", "priority", "timeout_ms", "queue_timeout_ms",
     "memory_max", "env", "argv", "cwd", "affinity", "stream_output",
     "max_output", "hold", "reason", "code", "message",
-    "traceback", "exit_code", "signal", "memory_peak", "stdout_len",
+    "traceback", "exit_code", "signal", "memory_peak", "usage", "stdout_len",
     "stdout_truncated", "stderr_truncated", "stream", "rss", "mode", "ok", "state",
     "stats", "status", "replace", "wait", "cancel_futures", "deadline_ms",
 )
@@ -132,20 +132,25 @@ def check_prefix(hlen, plen, max_payload):
 # The commonest headers, in the Go encoder's exact form (field order, no
 # spaces, no escapes): parsed without the JSON parser, which costs more than
 # the rest of a no-op task's header handling. Anything else (another field,
-# an escape in the leaf) takes the JSON parser.
+# an escape in the leaf) takes the JSON parser. A result's "usage" object
+# (numbers and plain lower-case strings only) is kept as its raw bytes:
+# cgpool.usage.Usage.from_wire parses it when someone looks at it.
 _FAST = re.compile(rb'\{"type":"(accepted|task|running|result)","id":([1-9][0-9]{0,19})'
-                   rb'(?:,"pid":([1-9][0-9]{0,9}),"leaf":"([^"\\\x00-\x1f]*)")?\}\Z')
+                   rb'(?:,"pid":([1-9][0-9]{0,9}),"leaf":"([^"\\\x00-\x1f]*)")?'
+                   rb'(?:,"usage":(\{[a-z0-9_":,]*\}))?\}\Z')
 
 
 def _fast_header(raw):
     m = _FAST.match(raw)
     if m is None:
         return None
-    t, tid, pid, leaf = m.groups()
+    t, tid, pid, leaf, usage = m.groups()
     h = {"type": t.decode(), "id": int(tid)}
     if pid is not None:
         h["pid"] = int(pid)
         h["leaf"] = leaf.decode("utf-8")
+    if usage is not None:
+        h["usage"] = usage
     return h
 
 
@@ -200,7 +205,7 @@ class FrameBuffer:
             if stop > end:
                 break
             raw = bytes(buf[pos + 8: pos + 8 + hlen])
-            if hlen < 200 and raw[:9] == b'{"type":"':
+            if hlen < 512 and raw[:9] == b'{"type":"':
                 h = _fast_header(raw)
                 if h is None:
                     h = decode_header(raw)

@@ -83,6 +83,31 @@ class Shared(unittest.TestCase):
         self.assertEqual(seen, [fut.pid])
         self.assertFalse(fut.running())
 
+    def test_usage(self):
+        # Issue 14: every done future says what its task cost.
+        fut = self.ex.submit(workerfns.spin_cpu, 0.2)
+        self.assertGreaterEqual(fut.result(timeout=60), 0.2)
+        u = fut.usage
+        self.assertIsInstance(u, cgpool.Usage)
+        self.assertGreaterEqual(u.cpu_user + u.cpu_system, 0.2)
+        self.assertGreaterEqual(u.cpu_user, 0.1)
+        self.assertEqual(u.cpu, u.cpu_user + u.cpu_system)
+        self.assertTrue(0.1 <= u.wall < 60, u)
+        for name in ("memory_peak", "memory_peak_scope", "pids_peak", "pids_peak_scope",
+                     "io_read_bytes", "io_write_bytes"):
+            self.assertTrue(hasattr(u, name), name)
+        if support.IN_VM:  # the memory controller is there
+            self.assertGreater(u.memory_peak, 0, u)
+            self.assertIn(u.memory_peak_scope, ("task", "slot"))
+        if u.memory_peak is None:
+            self.assertIsNone(u.memory_peak_scope)
+        # A task that raised has one too; a future not yet done has none.
+        fut = self.ex.submit(workerfns.boom, "x")
+        with self.assertRaises(ValueError):
+            fut.result(timeout=30)
+        self.assertIsInstance(fut.usage, cgpool.Usage)
+        self.assertIsNone(cgpool.Future().usage)
+
     def test_negative_priority(self):
         with self.assertRaises(ValueError):
             self.ex.submit(workerfns.add, 1, 1, cgpool_priority=-1)

@@ -11,6 +11,7 @@ import unittest
 
 import support  # noqa: F401  (sys.path)
 from cgpool import protocol
+from cgpool.usage import Usage
 
 TESTDATA = os.path.join(support.REPO, "ipc", "testdata")
 
@@ -39,6 +40,13 @@ def load_seed(path):
     inner = lit[len('[]byte('):-1]
     escaped = "".join(c if ord(c) < 128 else "".join("\\x%02x" % b for b in c.encode("utf-8")) for c in inner)
     return ast.literal_eval("b" + escaped)
+
+
+def usage_parsed(h):
+    """h with a raw usage object (the fast path's) parsed, as in the golden's comment."""
+    if isinstance(h.get("usage"), bytes):
+        h = dict(h, usage=json.loads(h["usage"]))
+    return h
 
 
 class GoldenFrames(unittest.TestCase):
@@ -73,8 +81,32 @@ class GoldenFrames(unittest.TestCase):
                 for i in range(len(frame)):  # byte by byte: partial frames wait
                     buf.feed(frame[i:i + 1])
                     got.extend(buf.frames())
-                self.assertEqual(got, [(header, payload)])
-                self.assertEqual(protocol.read_frame(io.BytesIO(frame)), (header, payload))
+                self.assertEqual([(usage_parsed(h), p) for h, p in got], [(header, payload)])
+                h, p = protocol.read_frame(io.BytesIO(frame))
+                self.assertEqual((usage_parsed(h), p), (header, payload))
+
+    def test_usage_fast_path(self):
+        # A worker pool's result with usage stays on the parser's fast path
+        # (usage kept raw); Usage.from_wire reads both forms alike.
+        _, _, frame = load_golden(os.path.join(TESTDATA, "result_usage.golden"))
+        buf = protocol.FrameBuffer()
+        buf.feed(frame)
+        [(h, _)] = list(buf.frames())
+        self.assertIsInstance(h["usage"], bytes)
+        u = Usage.from_wire(h["usage"])
+        self.assertEqual(u, Usage.from_wire(json.loads(h["usage"])))
+        self.assertEqual((u.wall, u.cpu_user, u.cpu_system), (1.520331, 1.203114, 0.088012))
+        self.assertEqual((u.memory_peak, u.memory_peak_scope), (67153920, "task"))
+        self.assertEqual((u.pids_peak, u.pids_peak_scope), (None, None))
+        self.assertEqual((u.io_read_bytes, u.io_write_bytes), (0, 4194304))
+        self.assertAlmostEqual(u.cpu, 1.291126)
+
+    def test_usage_from_wire_is_lenient(self):
+        self.assertIsNone(Usage.from_wire(None))
+        self.assertIsNone(Usage.from_wire(b"{not json"))
+        self.assertIsNone(Usage.from_wire([1, 2]))
+        u = Usage.from_wire({"wall_us": "x", "cpu_user_us": -4, "memory_peak": 5, "pids_peak": True})
+        self.assertEqual(u, Usage(wall=0.0, cpu_user=0.0, cpu_system=0.0, memory_peak=5, memory_peak_scope="slot"))
 
     def test_python_reference_hello(self):
         # docs/protocol.md: the reference encoder gives hello.golden exactly.

@@ -255,3 +255,11 @@ def nested_billiard(n):
     finally:
         pool.close()
         pool.join()
+
+
+def spin_cpu(seconds):
+    """Burn *seconds* of this process's CPU time; return how much it took."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        sum(range(1000))
+    return time.process_time() - start
