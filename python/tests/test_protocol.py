@@ -32,10 +32,15 @@ def load_golden(path):
 
 
 def load_seed(path):
-    """The bytes of a Go fuzz corpus file (``[]byte("...")``)."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    lit = lines[1].strip()
+    """The bytes of a FuzzRead seed: raw files in the top-level
+    testdata/fuzz/FuzzRead (ipc/fuzz_test.go writes and reads them so);
+    a file in Go's corpus format (``go test fuzz v1`` then ``[]byte("...")``)
+    is decoded."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"go test fuzz v1\n"):
+        return data
+    lit = data.decode("utf-8").splitlines()[1].strip()
     assert lit.startswith('[]byte(') and lit.endswith(')'), lit
     inner = lit[len('[]byte('):-1]
     escaped = "".join(c if ord(c) < 128 else "".join("\\x%02x" % b for b in c.encode("utf-8")) for c in inner)
@@ -201,7 +206,7 @@ class FuzzSeeds(unittest.TestCase):
     }
 
     def test_seeds(self):
-        paths = sorted(glob.glob(os.path.join(TESTDATA, "fuzz", "FuzzRead", "*")))
+        paths = sorted(glob.glob(os.path.join(support.REPO, "testdata", "fuzz", "FuzzRead", "*")))
         self.assertTrue(paths, "no fuzz seeds found")
         for path in paths:
             name = os.path.basename(path)
