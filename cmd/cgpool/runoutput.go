@@ -89,8 +89,9 @@ type output struct {
 	before  func()       // called before each write (clears the progress bar)
 	next    int          // keep: the next seq whose output goes out
 	waiting map[int]*jobOut
-	err     error       // the first failed write (EPIPE on a closed stdout)
-	dropped atomic.Bool // a second interrupt: print nothing more (set without the lock: a writer may hold it, blocked)
+	err     error                 // the first failed write (EPIPE on a closed stdout)
+	errSeen atomic.Pointer[error] // err, for failed (read without the lock: a writer may hold it, blocked)
+	dropped atomic.Bool           // a second interrupt: print nothing more (set without the lock: a writer may hold it, blocked)
 }
 
 func newOutput(stdout, stderr io.Writer, line, keep, quiet bool, before func()) *output {
@@ -138,11 +139,19 @@ func (o *output) skip(seq int) {
 	o.advanceLocked()
 }
 
-// failed returns the first write error, if any.
+// failed returns the first write error, if any. It never waits for the
+// lock, which a write blocked on a full stdout holds: the run's loop calls
+// it after every event, and must go on taking signals meanwhile.
 func (o *output) failed() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.err
+	if e := o.errSeen.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+func (o *output) setErrLocked(err error) {
+	o.err = err
+	o.errSeen.Store(&err)
 }
 
 // drop makes every later write a no-op (a second interrupt).
@@ -170,7 +179,7 @@ func (o *output) emitLocked(s int, tag, p []byte) {
 		p = b.Bytes()
 	}
 	if _, err := o.dst[s].Write(p); err != nil {
-		o.err = err
+		o.setErrLocked(err)
 	}
 }
 
@@ -180,7 +189,7 @@ func (o *output) flushSpoolLocked(j *jobOut, s int) {
 	if len(j.tag) == 0 && sp.file != nil && o.err == nil && !o.dropped.Load() && !o.quiet {
 		o.before()
 		if err := sp.copyTo(o.dst[s]); err != nil && o.err == nil {
-			o.err = err
+			o.setErrLocked(err)
 		}
 		return
 	}
@@ -192,7 +201,7 @@ func (o *output) flushSpoolLocked(j *jobOut, s int) {
 	// Tagged and large: through a buffer, one chunk at a time, whole
 	// lines (a tag starts each).
 	if _, err := sp.file.Seek(0, io.SeekStart); err != nil {
-		o.err = errors.Join(o.err, err)
+		o.setErrLocked(errors.Join(o.err, err))
 		sp.reset()
 		return
 	}
@@ -227,7 +236,7 @@ func (j *jobOut) write(s int, p []byte) {
 	}
 	if !j.live {
 		if err := j.sp[s].write(p); err != nil && o.err == nil {
-			o.err = err
+			o.setErrLocked(err)
 		}
 		return
 	}
@@ -235,13 +244,13 @@ func (j *jobOut) write(s int, p []byte) {
 	i := bytes.LastIndexByte(p, '\n')
 	if i < 0 {
 		if err := j.sp[s].write(p); err != nil && o.err == nil {
-			o.err = err
+			o.setErrLocked(err)
 		}
 		return
 	}
 	if j.sp[s].size > 0 {
 		if err := j.sp[s].write(p[:i+1]); err != nil && o.err == nil {
-			o.err = err
+			o.setErrLocked(err)
 		}
 		o.flushSpoolLocked(j, s)
 	} else {
@@ -249,7 +258,7 @@ func (j *jobOut) write(s int, p []byte) {
 	}
 	if i+1 < len(p) {
 		if err := j.sp[s].write(p[i+1:]); err != nil && o.err == nil {
-			o.err = err
+			o.setErrLocked(err)
 		}
 	}
 }
