@@ -419,7 +419,16 @@ class _Job:
         self.soft_timer = None
 
     def terminate(self, signum):
+        """Celery's revoke(terminate=True) of a request not started yet:
+        it never starts (one waiting in the supervisor's queue is cancelled
+        there), and ends Terminated, as billiard's outbound buffer does."""
         self.terminated = signum or signal.SIGTERM
+        fut = self.fut
+        if fut is not None and not self.accepted:
+            try:
+                fut.cancel()  # if it started meanwhile, on_accepted kills it
+            except Exception:
+                pass
 
     def __repr__(self):
         return "<cgpool.celery job %s pid=%s>" % (self.correlation_id, self.pid)
@@ -496,6 +505,7 @@ class TaskPool(BasePool):
         self._pending = collections.deque()
         self._submitted = set()           # jobs given to an Executor, not finished
         self._want = None
+        self._ahead = 0
         self._running = 0                 # submitted and not finished
         self._by_pid = {}
         self._ex = None
@@ -573,6 +583,7 @@ class TaskPool(BasePool):
         self._hard_default = self.options.get("timeout") or None
         ceiling = int(self._conf("cgpool_max_workers", 0) or 0)
         self._cap = None if self._socket else max(self._limit, ceiling)
+        self._ahead = int(self._conf("cgpool_submit_ahead", self._limit))
         if self._socket and (self.options.get("maxtasksperchild") or self.options.get("max_memory_per_child")):
             logger.warning("cgpool.celery: with cgpool_socket the pool's shape (max tasks and memory per "
                            "child) is the server's configuration; the worker's options are not used")
@@ -703,11 +714,26 @@ class TaskPool(BasePool):
             return None
         return value
 
+    def _window(self):
+        """How many jobs may be given to the Executor at once: the limit,
+        plus, when the private supervisor has exactly that many workers,
+        as many again waiting in its queue. A worker that finishes then
+        starts the next task at once, without a round trip through this
+        process (which is what prefork's outbound buffer does too); the
+        waiting ones are not started, so not accepted and not acknowledged,
+        and flush() and a stop cancel them. With a shared supervisor or a
+        bigger private one, waiting tasks would start on idle workers beyond
+        the limit, so none wait there."""
+        limit = self._limit
+        if self._socket or self._cap != limit or self._ahead <= 0:
+            return limit
+        return limit + min(self._ahead, limit)
+
     def _pump_locked(self):
-        """Submit queued jobs while fewer than the limit run."""
+        """Submit queued jobs while the window (see _window) has room."""
         failed = []
         ex = self._ex
-        limit = self._limit
+        limit = self._window()
         while self._pending and self._running < limit and not self._stopping:
             if ex is None:
                 self._rebuild_locked(self._cap)

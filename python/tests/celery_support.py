@@ -136,9 +136,10 @@ class CeleryWorker:
     """One ``celery worker`` process (a node) of the test app."""
 
     def __init__(self, broker, pool, workdir, args=(), env=None, node="node1", queues="celery",
-                 concurrency=2, python=None, app="celery_tasks"):
+                 concurrency=2, python=None, app="celery_tasks", launcher=("-m", "celery")):
         self.pool = pool
         self.node = node
+        self.workdir = workdir
         self.hostname = "%s@%s" % (node, socket.gethostname())
         e = dict(os.environ)
         e.update({"CGPOOL_TEST_BROKER": broker, "CGPOOL_TEST_POOL": pool, "CGPOOL_TEST_DIR": workdir,
@@ -147,7 +148,7 @@ class CeleryWorker:
         e["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pp))
         if env:
             e.update(env)
-        self.argv = [python or sys.executable, "-m", "celery", "-A", app, "worker", "-n", self.hostname,
+        self.argv = [python or sys.executable] + list(launcher) + ["-A", app, "worker", "-n", self.hostname,
                      "-c", str(concurrency), "-Q", queues, "--without-mingle", "--without-gossip",
                      "--without-heartbeat", "-l", "INFO"] + list(args)
         self._out = []
@@ -202,7 +203,19 @@ class CeleryWorker:
             return len(self._out)
 
     def wait_ready(self, timeout=90.0):
-        self.wait_for(r"\bready\.", timeout)
+        """Wait for the worker_ready signal (the test app leaves a file
+        ready-<node> in the work directory), whatever the log level."""
+        path = os.path.join(self.workdir, "ready-" + self.node)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError("celery worker exited (%s) before it was ready:\n%s"
+                                     % (self.proc.returncode, self.output()[-6000:]))
+            return os.path.exists(path)
+        try:
+            support.wait_until(ready, timeout=timeout, what="celery worker %s ready" % self.hostname)
+        except AssertionError as e:
+            raise AssertionError("%s\n%s" % (e, self.output()[-6000:])) from None
         return self
 
     def descendants(self):

@@ -57,6 +57,11 @@ def _process_shutdown(pid=None, exitcode=None, **_):
     _mark("shutdown-%d" % os.getpid(), "%s %s" % (pid, exitcode))
 
 
+@signals.worker_ready.connect
+def _ready(sender=None, **_):
+    _mark("ready-%s" % os.environ.get("CGPOOL_TEST_NODE", ""), os.getpid())
+
+
 @signals.task_failure.connect
 def _failure_seen(sender=None, task_id=None, exception=None, **_):
     # Sent in the Celery worker's main process for outcomes it learns from
@@ -173,3 +178,30 @@ def slow_early(seconds, tag=""):
 @app.task
 def trivial(x):
     return x
+
+
+_kept = []
+
+
+@app.task
+def leak(mb):
+    """Keep *mb* MiB for the rest of the worker's life (max_memory_per_child)."""
+    block = bytearray(mb << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    _kept.append(block)
+    return os.getpid()
+
+
+@app.task
+def span(seconds):
+    """(pid, start, end) on the wall clock, to see how many ran at once."""
+    start = time.time()
+    time.sleep(seconds)
+    return [os.getpid(), start, time.time()]
+
+
+@app.task
+def mycgroup():
+    with open("/proc/self/cgroup") as f:
+        return [os.getpid(), f.read()]
