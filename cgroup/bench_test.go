@@ -2,12 +2,12 @@ package cgroup_test
 
 import (
 	"context"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/spawn"
 )
@@ -26,13 +26,13 @@ func BenchmarkLeafLifecycle(b *testing.B) {
 	if err != nil {
 		kerneltest.Skipf(b, "%v", err)
 	}
-	var lim cgroup.Limits
-	zero := int64(0)
+	lim := &specs.LinuxResources{}
 	if slices.Contains(r.Controllers(), "memory") {
-		lim.MemoryMax, lim.MemorySwapMax, lim.OOMGroup = 64<<20, &zero, true
+		lim = kerneltest.MemoryLimit(64 << 20)
 	}
 	if slices.Contains(r.Controllers(), "pids") {
-		lim.PidsMax = 256
+		pids := int64(256)
+		lim.Pids = &specs.LinuxPids{Limit: &pids}
 	}
 	ctx := context.Background()
 	var create, start, kill, remove []time.Duration

@@ -15,6 +15,10 @@
 // root removes only marked groups, so a cgroup somebody else made inside or
 // beside our root is never touched.
 //
+// Limits are runtime-spec's LinuxResources (github.com/opencontainers/
+// runtime-spec), the vocabulary container runtimes share; SetLimits maps
+// the fields a worker slot needs onto cgroup v2 files and refuses the rest.
+//
 // Kernel features: cgroup v2; cgroup.kill (Linux 5.14) for Kill, with a
 // freeze-and-signal fallback on older kernels; memory.peak (5.19) is read
 // when present. Controllers that the hierarchy does not offer are reported

@@ -10,6 +10,10 @@ var (
 	// ErrControllerUnavailable: a limit needs a controller that the
 	// hierarchy does not offer here (cgroup.controllers lacks it).
 	ErrControllerUnavailable = errors.New("cgroup: controller not available")
+	// ErrUnsupportedLimit: a limit SetLimits does not write (a
+	// runtime-spec LinuxResources field outside what a worker slot needs,
+	// or an inconsistent one): refused, never ignored.
+	ErrUnsupportedLimit = errors.New("cgroup: limit not supported")
 	// ErrNotEmpty: a group still holds processes.
 	ErrNotEmpty = errors.New("cgroup: not empty")
 	// ErrNoCgroup2: no cgroup v2 hierarchy is mounted.

@@ -16,6 +16,7 @@ import (
 	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/spawn"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -181,7 +182,7 @@ func fmtInts(v []int) string {
 // (acceptance 3).
 func TestKillEmptiesTree(t *testing.T) {
 	r := kerneltest.NewRoot(t)
-	leaf := kerneltest.Leaf(t, &r.Group, "tree", cgroup.Limits{})
+	leaf := kerneltest.Leaf(t, &r.Group, "tree", nil)
 	c := startSh(t, leaf, `sleep 1000 & sleep 1000 & setsid sleep 1000 & (sh -c 'sleep 1000 &' &); (setsid sh -c 'sleep 1000 & exit 0' &); echo ready; wait`)
 	if l := c.Line(t); l != "ready" {
 		t.Fatalf("shell said %q", l)
@@ -239,7 +240,8 @@ func TestForkBombContained(t *testing.T) {
 	r := kerneltest.NewRoot(t)
 	kerneltest.RequireControllers(t, r, "pids")
 	before := countProcs(t)
-	leaf := kerneltest.Leaf(t, &r.Group, "bomb", cgroup.Limits{PidsMax: 64})
+	pids64 := int64(64)
+	leaf := kerneltest.Leaf(t, &r.Group, "bomb", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: &pids64}})
 	c := startSh(t, leaf, `echo ready; b() { b & b & }; b 2>/dev/null; sleep 1000`)
 	c.Line(t)
 	waitFor(t, 20*time.Second, "pids.events max > 0", func() (bool, string) {
@@ -280,8 +282,13 @@ func TestLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Remove()
-	zero := int64(0)
-	l := cgroup.Limits{MemoryMax: 32 << 20, MemoryHigh: 30 << 20, MemorySwapMax: &zero, OOMGroup: true, PidsMax: 64, CPUWeight: 50, CPUMax: "50000 100000"}
+	mem, pids, quota, period := int64(32<<20), int64(64), int64(50000), uint64(100000)
+	l := &specs.LinuxResources{
+		Memory:  &specs.LinuxMemory{Limit: &mem, Swap: &mem},
+		Pids:    &specs.LinuxPids{Limit: &pids},
+		CPU:     &specs.LinuxCPU{Quota: &quota, Period: &period},
+		Unified: map[string]string{"memory.high": "31457280", "memory.oom.group": "1", "cpu.weight": "50"},
+	}
 	err = g.SetLimits(l)
 	have := r.Controllers()
 	if !slices.Contains(have, "memory") || !slices.Contains(have, "pids") || !slices.Contains(have, "cpu") {
@@ -389,7 +396,7 @@ func execLook(name string) (string, error) {
 // if spawning into a fresh group fails.
 func TestKilledGroupIsNotReusable(t *testing.T) {
 	r := kerneltest.NewRoot(t)
-	slot := kerneltest.Leaf(t, &r.Group, "w", cgroup.Limits{})
+	slot := kerneltest.Leaf(t, &r.Group, "w", nil)
 	leaf, err := slot.Mkdir("worker")
 	if err != nil {
 		t.Fatal(err)

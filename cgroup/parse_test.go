@@ -1,15 +1,24 @@
 package cgroup
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
+
+// fixtures is the repository's shared folder of recorded kernel files
+// (see testdata/README.md); tests run in the package's directory, in the
+// VM too (scripts/vm-test.sh copies it to /src/testdata).
+var fixtures = filepath.Join("..", "testdata", "cgroupfs")
 
 func fixture(t *testing.T, name string) *os.File {
 	t.Helper()
-	f, err := os.Open(filepath.Join("testdata", name))
+	f, err := os.Open(filepath.Join(fixtures, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,16 +80,24 @@ func TestHostPath(t *testing.T) {
 }
 
 func TestParseEventFiles(t *testing.T) {
-	b, _ := os.ReadFile("testdata/memory.events-oom")
+	b, _ := os.ReadFile(filepath.Join(fixtures, "memory.events-oom"))
 	me, err := ParseMemoryEvents(string(b))
 	want := MemoryEvents{Max: 355, OOM: 19, OOMKill: 2, OOMGroupKill: 1}
 	if err != nil || me != want {
 		t.Errorf("ParseMemoryEvents = %+v, %v, want %+v", me, err, want)
 	}
-	b, _ = os.ReadFile("testdata/cgroup.events-populated")
+	b, _ = os.ReadFile(filepath.Join(fixtures, "cgroup.events-populated"))
 	ev, err := ParseEvents(string(b))
 	if err != nil || ev != (Events{Populated: true}) {
 		t.Errorf("ParseEvents = %+v, %v, want populated", ev, err)
+	}
+	// cgroup.stat of a slot with one child (its leaf), as Linux 6.18 writes
+	// it: newer kernels add nr_subsys_* lines, which must not confuse the
+	// pool's nr_descendants check.
+	b, _ = os.ReadFile(filepath.Join(fixtures, "cgroup.stat-6.18-one-child"))
+	st, err := ParseFlatKeyed(string(b))
+	if err != nil || st["nr_descendants"] != 1 || st["nr_dying_descendants"] != 0 || len(st) != 6 {
+		t.Errorf("ParseFlatKeyed(cgroup.stat) = %v, %v, want nr_descendants 1 among 6 keys", st, err)
 	}
 	for _, bad := range []string{"populated", "populated x\n", "frozen 0\n"} {
 		if _, err := ParseEvents(bad); err == nil {
@@ -90,17 +107,52 @@ func TestParseEventFiles(t *testing.T) {
 }
 
 func TestLimitsControllers(t *testing.T) {
-	zero := int64(0)
+	mem, pids := int64(1), int64(64)
 	for _, tc := range []struct {
-		l    Limits
+		name string
+		res  *specs.LinuxResources
 		want []string
 	}{
-		{Limits{}, nil},
-		{Limits{MemoryMax: 1, MemorySwapMax: &zero, OOMGroup: true}, []string{"memory"}},
-		{Limits{PidsMax: 64, CPUWeight: 100, MemoryHigh: 5}, []string{"memory", "pids", "cpu"}},
+		{"nil", nil, nil},
+		{"empty", &specs.LinuxResources{}, nil},
+		{"memory", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &mem, Swap: &mem}, Unified: map[string]string{"memory.oom.group": "1"}}, []string{"memory"}},
+		{"mixed", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: &pids}, Unified: map[string]string{"memory.high": "5", "cpu.weight": "100"}}, []string{"pids", "cpu", "memory"}},
 	} {
-		if got := tc.l.Controllers(); !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("%+v.Controllers() = %q, want %q", tc.l, got, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Controllers(tc.res); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Controllers(%+v) = %q, want %q", tc.res, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestLimitsRefused: fields a slot does not use are refused by name, never
+// ignored.
+func TestLimitsRefused(t *testing.T) {
+	mem, low, weight := int64(64), int64(32), uint64(10)
+	for _, tc := range []struct {
+		name string
+		res  *specs.LinuxResources
+		want string
+	}{
+		{"devices", &specs.LinuxResources{Devices: []specs.LinuxDeviceCgroup{{Allow: true}}}, "Devices"},
+		{"swappiness", &specs.LinuxResources{Memory: &specs.LinuxMemory{Swappiness: &weight}}, "Swappiness"},
+		{"swap alone", &specs.LinuxResources{Memory: &specs.LinuxMemory{Swap: &mem}}, "needs Memory.Limit"},
+		{"swap below limit", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &mem, Swap: &low}}, "below Memory.Limit"},
+		{"cpuset", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0"}}, "cpuset"},
+		{"quota alone", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &mem}}, "needs CPU.Period"},
+		{"unified cgroup file", &specs.LinuxResources{Unified: map[string]string{"cgroup.procs": "1"}}, "cgroup.procs"},
+		{"unified path", &specs.LinuxResources{Unified: map[string]string{"memory.max/../x": "1"}}, "not a controller"},
+		{"unified no dot", &specs.LinuxResources{Unified: map[string]string{"memory": "1"}}, "not a controller"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := limitFiles(tc.res)
+			if !errors.Is(err, ErrUnsupportedLimit) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("limitFiles(%+v) = %v, want ErrUnsupportedLimit naming %q", tc.res, err, tc.want)
+			}
+			if got := Controllers(tc.res); got != nil {
+				t.Errorf("Controllers of a refused value = %q, want nil", got)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package oomwatch_test
 
 import (
 	"context"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"syscall"
 	"testing"
 	"time"
@@ -59,7 +60,7 @@ var zero = int64(0)
 func TestOOMClassified(t *testing.T) {
 	r := kerneltest.NewRoot(t)
 	kerneltest.RequireControllers(t, r, "memory")
-	lim := cgroup.Limits{MemoryMax: 32 << 20, MemorySwapMax: &zero, OOMGroup: true}
+	lim := kerneltest.MemoryLimit(32 << 20)
 	hog := kerneltest.Leaf(t, &r.Group, "w-1", lim)
 	calm := kerneltest.Leaf(t, &r.Group, "w-2", lim)
 	hb, cb := counters(t, hog), counters(t, calm)
@@ -93,9 +94,9 @@ func TestOOMClassified(t *testing.T) {
 // (acceptance 5).
 func TestExitReasons(t *testing.T) {
 	r := kerneltest.NewRoot(t)
-	var lim cgroup.Limits
+	var lim *specs.LinuxResources
 	if kerneltest.InVM() {
-		lim = cgroup.Limits{MemoryMax: 64 << 20, MemorySwapMax: &zero, OOMGroup: true}
+		lim = kerneltest.MemoryLimit(64 << 20)
 	}
 	for _, tc := range []struct {
 		name     string
@@ -148,7 +149,7 @@ func TestWatcher(t *testing.T) {
 		}
 	}()
 
-	g := kerneltest.Leaf(t, &r.Group, "w-1", cgroup.Limits{})
+	g := kerneltest.Leaf(t, &r.Group, "w-1", nil)
 	c := kerneltest.Start(t, g, "sleep")
 	c.Line(t)
 	wt, err := w.Add(g.Path())

@@ -4,7 +4,11 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
+	"strconv"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Kind is what a pool's slots run.
@@ -101,6 +105,7 @@ type Config struct {
 	// each.
 	OutputLimit  int64            `toml:"output_limit"`
 	OnDisconnect DisconnectPolicy `toml:"on_disconnect"`
+	Observer     Observer         `toml:"-" json:"-"` // told of tasks, spawns and kills as they happen (observe.go); nil: none
 
 	fixed *Identity // resolved by normalize: the fixed user, or nil
 }
@@ -236,4 +241,37 @@ func (c *Config) resolveUser(euid uint32) error {
 		return fmt.Errorf("pool %s: a worker pool of a root supervisor runs its workers as a configured user: set user = \"name\" (or uid and gid), or allow_root = true to run them as root", c.Name)
 	}
 	return nil
+}
+
+// Resources maps the pool's per-slot limits onto runtime-spec's
+// LinuxResources, the one vocabulary cgroup.Group.SetLimits takes. ctrl
+// are the controllers the root enabled. A memory limit comes with no swap
+// (memory plus swap = memory), so that going over it is an OOM kill and
+// not a slow swap; memory.oom.group is set wherever the memory controller
+// is, so that an OOM kill takes the whole slot, never half a worker.
+func (c Config) Resources(ctrl []string) *specs.LinuxResources {
+	r := &specs.LinuxResources{Unified: map[string]string{}}
+	if c.MemoryMax > 0 {
+		limit := c.MemoryMax
+		r.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
+	} else if c.MemoryHigh > 0 {
+		r.Unified["memory.swap.max"] = "0"
+	}
+	if c.MemoryHigh > 0 {
+		r.Unified["memory.high"] = strconv.FormatInt(c.MemoryHigh, 10)
+	}
+	if slices.Contains(ctrl, "memory") {
+		r.Unified["memory.oom.group"] = "1"
+	}
+	if c.PidsMax > 0 {
+		pids := c.PidsMax
+		r.Pids = &specs.LinuxPids{Limit: &pids}
+	}
+	if c.CPUWeight > 0 {
+		r.Unified["cpu.weight"] = strconv.FormatUint(c.CPUWeight, 10)
+	}
+	if c.CPUMax != "" {
+		r.Unified["cpu.max"] = c.CPUMax // "QUOTA PERIOD" or "max PERIOD", as the kernel reads it
+	}
+	return r
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/spawn"
@@ -100,6 +101,7 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
 		return
 	}
+	start := time.Now()
 	proc, err := spawn.Start(spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)})
 	wo.Close()
 	we.Close()
@@ -113,6 +115,7 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: msg, Leaf: s.leafPath})
 		return
 	}
+	p.observeSpawn(start)
 	wg.Add(2)
 	go out.fill(ro, p.cfg.OutputLimit, &wg)
 	go errOut.fill(re, p.cfg.OutputLimit, &wg)

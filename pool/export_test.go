@@ -9,3 +9,6 @@ func SetTestHookRunTask(f func(payload []byte, argv []string)) {
 	}
 	testHookRunTask = func(t *Task) { f(t.spec.Payload, t.spec.Argv) }
 }
+
+// OutcomeFrame is outcomeFrame, for the tests of the wire's names.
+var OutcomeFrame = outcomeFrame

@@ -15,6 +15,7 @@ import (
 	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/ipc"
 	"github.com/cgpool/cgpool/sched"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Pool is one named pool of worker slots.
@@ -22,7 +23,7 @@ type Pool struct {
 	cfg    Config
 	group  *cgroup.Group
 	ctrl   []string // controllers offered to slots
-	limits cgroup.Limits
+	limits *specs.LinuxResources
 	log    *slog.Logger
 	base   []string // the environment every worker or command starts from
 	euid   uint32   // the supervisor's effective uid
@@ -67,15 +68,8 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	zero := int64(0)
-	lim := cgroup.Limits{MemoryMax: cfg.MemoryMax, MemoryHigh: cfg.MemoryHigh, PidsMax: cfg.PidsMax, CPUWeight: cfg.CPUWeight, CPUMax: cfg.CPUMax}
-	if cfg.MemoryMax != 0 || cfg.MemoryHigh != 0 {
-		lim.MemorySwapMax = &zero // deterministic OOM: no swapping past memory.max
-	}
-	if slices.Contains(ctrl, "memory") {
-		lim.OOMGroup = true // an OOM kill takes the whole slot, never half a worker
-	}
-	for _, c := range lim.Controllers() {
+	lim := cfg.Resources(ctrl)
+	for _, c := range cgroup.Controllers(lim) {
 		if !slices.Contains(ctrl, c) {
 			return nil, fmt.Errorf("pool %s: its limits need the %s controller, which cgroup v2 does not offer here (controllers: %q); on a hybrid cgroup v1/v2 host like this one, run on a pure cgroup v2 host or in the VM (scripts/vm-test.sh): %w",
 				cfg.Name, c, ctrl, cgroup.ErrControllerUnavailable)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cgpool/cgpool/ipc"
+	"github.com/cgpool/cgpool/oomwatch"
 )
 
 // Defaults of ServerOptions.
@@ -997,6 +998,20 @@ func (sc *serverConn) disconnected() {
 	}
 }
 
+// wireReason names a process error's reason on the wire: the one place
+// where oomwatch's and the pool's reasons meet the protocol's names.
+func wireReason(r oomwatch.Reason) string {
+	switch r {
+	case oomwatch.OOM:
+		return ipc.ProcessOOM
+	case oomwatch.Killed:
+		return ipc.ProcessKilled
+	case ReasonLost:
+		return ipc.ProcessLost
+	}
+	return ipc.ProcessCrashed
+}
+
 // outcomeFrame encodes a terminal outcome for the client protocol.
 func outcomeFrame(id uint64, o *Outcome) (ipc.Header, []byte) {
 	h := ipc.Header{ID: id, PID: o.Pid, Leaf: o.Leaf}
@@ -1016,7 +1031,7 @@ func outcomeFrame(id uint64, o *Outcome) (ipc.Header, []byte) {
 	case TimedOut:
 		h.Type, h.TimeoutMS, h.Message = ipc.TypeTimeout, o.Timeout.Milliseconds(), o.Message
 	case ProcessError:
-		h.Type, h.Reason, h.Signal, h.ExitCode, h.MemoryPeak, h.Message = ipc.TypeProcessError, string(o.Reason), o.Signal, o.ExitCode, o.MemoryPeak, o.Message
+		h.Type, h.Reason, h.Signal, h.ExitCode, h.MemoryPeak, h.Message = ipc.TypeProcessError, wireReason(o.Reason), o.Signal, o.ExitCode, o.MemoryPeak, o.Message
 	case Cancelled:
 		h.Type, h.Message = ipc.TypeCancelled, o.Message
 	case QueueTimeout:

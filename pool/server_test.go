@@ -14,6 +14,7 @@ import (
 
 	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/ipc"
+	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/pool"
 	"golang.org/x/sys/unix"
 )
@@ -425,5 +426,19 @@ func TestSlowClientDoesNotStallWorkers(t *testing.T) {
 	}
 	if !slices.IsSorted(ids) {
 		t.Errorf("results out of order: %v", ids)
+	}
+}
+
+// TestWireReasons: every process-error reason the pool can give has its
+// name on the wire (a reason without one would read "crashed").
+func TestWireReasons(t *testing.T) {
+	for _, tc := range []struct {
+		r    oomwatch.Reason
+		want string
+	}{{oomwatch.OOM, ipc.ProcessOOM}, {oomwatch.Killed, ipc.ProcessKilled}, {oomwatch.Crashed, ipc.ProcessCrashed}, {pool.ReasonLost, ipc.ProcessLost}} {
+		h, _ := pool.OutcomeFrame(1, &pool.Outcome{Kind: pool.ProcessError, Reason: tc.r})
+		if h.Reason != tc.want {
+			t.Errorf("reason %q goes out as %q, want %q", tc.r, h.Reason, tc.want)
+		}
 	}
 }

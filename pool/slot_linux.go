@@ -35,6 +35,7 @@ type slot struct {
 	state      string      // starting, idle, busy, retiring
 	waitW      *workerProc // set while idle and waiting on this worker's socket (wake with wakeLocked)
 	task       *Task
+	taskStart  time.Time // when task started here: its run time for the Observer (kept off Task, which a backlog holds by the million)
 	alive      bool
 	pid        int
 	name       string
@@ -204,10 +205,12 @@ func (inc *incarnation) build(p *Pool) error {
 		return err
 	}
 	if p.cfg.Kind == KindWorker {
+		start := time.Now()
 		w, hello, err := startWorker(inc.leafDir, p.cfg.Command, inc.env, p.workerCredential())
 		if err != nil {
 			return err
 		}
+		p.observeSpawn(start)
 		inc.w, inc.initErr = w, hello.InitError
 	}
 	return nil
@@ -216,11 +219,13 @@ func (inc *incarnation) build(p *Pool) error {
 // release stops the worker (gracefully if asked and possible) and destroys
 // the group: nothing that ran in it survives. It leaves inc empty.
 func (inc *incarnation) release(p *Pool, graceful bool) {
+	var killed time.Time
 	if inc.w != nil {
 		if graceful {
 			inc.w.askExit()
 		}
 		if inc.group != nil {
+			killed = time.Now()
 			_ = inc.group.Kill()
 		}
 		inc.w.kill()
@@ -234,6 +239,8 @@ func (inc *incarnation) release(p *Pool, graceful bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 		if err := inc.group.Destroy(ctx, teardownTimeout); err != nil {
 			p.log.Error("could not remove a worker slot", "slot", inc.group.Path(), "err", err)
+		} else {
+			p.observeEmptied(killed)
 		}
 		cancel()
 	}
@@ -428,6 +435,16 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 	p := s.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// The slot is idle from now on, however often it is woken meanwhile
+	// (a wake-up that finds the task taken by another slot does not make
+	// it less idle): its idle deadline is counted from here, once.
+	idleSince := time.Now()
+	var idleT *time.Timer // one timer for all the waits
+	defer func() {
+		if idleT != nil {
+			idleT.Stop()
+		}
+	}()
 	for {
 		if p.cfg.Kind == KindWorker && s.gen < p.recycleGen {
 			p.stats.WorkersRetired++
@@ -461,7 +478,7 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 		p.idle = append(p.idle, s)
 		var idleAt time.Time
 		if len(p.slots) > *p.cfg.MinWorkers {
-			idleAt = time.Now().Add(p.cfg.IdleDelay)
+			idleAt = idleSince.Add(p.cfg.IdleDelay)
 		}
 		if s.w != nil {
 			t, restart, pre, retire := s.waitOnWorkerLocked(idleAt)
@@ -475,9 +492,12 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 		}
 		var idleC <-chan time.Time
 		if !idleAt.IsZero() {
-			idleT := time.NewTimer(p.cfg.IdleDelay)
+			if idleT == nil {
+				idleT = time.NewTimer(time.Until(idleAt))
+			} else {
+				idleT.Reset(time.Until(idleAt))
+			}
 			idleC = idleT.C
-			defer idleT.Stop()
 		}
 		p.mu.Unlock()
 		var idled bool
@@ -588,7 +608,7 @@ func (s *slot) takeLocked(t *Task) {
 	}
 	p.leaveQueueLocked(t)
 	t.state, t.slot = running, s
-	s.task, s.state = t, "busy"
+	s.task, s.state, s.taskStart = t, "busy", time.Now()
 	p.stats.TasksLaunched++
 	busy := int64(0)
 	for o := range p.slots {
@@ -687,12 +707,14 @@ func (s *slot) finish(t *Task, o *Outcome) {
 	p := s.p
 	p.mu.Lock()
 	p.endLocked(t, o)
+	run := time.Since(s.taskStart)
 	s.task = nil
 	s.tasksDone++
 	if s.state == "busy" {
 		s.state = "idle"
 	}
 	p.mu.Unlock()
+	p.observer().TaskEnded(p.cfg.Name, o.Kind, string(o.Reason), run)
 	t.notify(Event{Outcome: o})
 }
 
@@ -828,11 +850,14 @@ func (s *slot) emptyGroup() {
 	if pop, err := s.group.Populated(); err != nil || !pop {
 		return
 	}
+	killed := time.Now()
 	_ = s.group.Kill()
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
 	if err := s.group.WaitEmpty(ctx); err != nil {
 		s.p.log.Error("a task's processes did not die", "slot", s.group.Path(), "err", err)
+	} else {
+		s.p.observeEmptied(killed)
 	}
 }
 

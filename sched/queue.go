@@ -296,6 +296,24 @@ func (q *Queue[T]) NextDeadline() (time.Time, bool) {
 	return q.deadlineOf(q.deadlines.min()), true
 }
 
+// ByPriority returns how many items are queued at each priority; a
+// priority with none is absent, and an empty queue gives an empty map. It
+// walks every queued item (O(n)): it is meant for a metrics scrape, not for
+// a scheduling decision. It does not block; the map belongs to the caller.
+func (q *Queue[T]) ByPriority() map[int]int {
+	out := make(map[int]int, len(q.prios.s))
+	for _, lvl := range q.prios.s {
+		n := 0
+		for cq := lvl.rhead; cq != nil; cq = cq.rnext {
+			for e := cq.head; e != nil; e = e.next {
+				n++
+			}
+		}
+		out[lvl.prio] = n
+	}
+	return out
+}
+
 // Drain removes every queued item and returns them in the order in which Pop
 // would have returned them. It returns nil if the queue is empty. It does not
 // block; the returned slice belongs to the caller. The queue stays usable.

@@ -26,6 +26,8 @@ Options:
   -tags LIST     build the tests with these build tags too (beside "vm"),
                  e.g. -tags soak for the chaos soak of cmd/cgpool
   -demo          run the README's demo (cgpool demo) in the VM, with the OOM kill
+  -print-kernel  fetch the kernel if it is not cached, print its path, and exit
+                 (scripts/systemd-vm-test.sh boots the same kernel)
   -h, --help     show this help
   packages       Go packages whose tests to build (default: every package of
                  ./... that has tests, except ./scripts/...)
@@ -74,6 +76,7 @@ VM_TIMEOUT=${CGPOOL_VM_TIMEOUT:-1200}
 
 RUN=""
 BENCH=""
+PRINT_KERNEL=0
 TAGS=vm
 KEEP=0
 PKGS=()
@@ -116,6 +119,10 @@ while (($# > 0)); do
 		# TestDemo, which prints the demo's output.
 		RUN='^TestDemo$'
 		PKGS=(./cmd/cgpool)
+		shift
+		;;
+	-print-kernel | --print-kernel)
+		PRINT_KERNEL=1
 		shift
 		;;
 	--)
@@ -291,6 +298,11 @@ build_root() {
 			cp -a "$dir/testdata" "$ROOT/src/$name/testdata"
 		fi
 	done <<<"$list"
+	# The repository's shared fixtures: a test in /src/<name> finds them at
+	# ../testdata, as it does in the source tree.
+	if [[ -d $REPO/testdata ]]; then
+		cp -a "$REPO/testdata" "$ROOT/src/testdata"
+	fi
 	if ((${#failed[@]} > 0)); then
 		die "could not build the tests of: ${failed[*]}"
 	fi
@@ -337,17 +349,28 @@ pack_python() {
 	{
 		ldd "$py"
 		find "$stdlib/lib-dynload" -name '*.so' -exec ldd {} \; 2>/dev/null
+		# glibc loads libgcc_s.so.1 with dlopen when a thread ends
+		# (pthread_exit unwinds through it; CPython ends every thread so),
+		# so ldd does not list it: without it the interpreter aborts with
+		# "libgcc_s.so.1 must be installed for pthread_exit to work".
+		ldconfig -p | awk '$1 == "libgcc_s.so.1" && /x86-64/ { print "\t" $1 " => " $NF " (0x0)" }'
 	} | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u |
 		while read -r lib; do
 			mkdir -p "$ROOT$(dirname "$lib")"
 			cp -L "$lib" "$ROOT$lib"
 		done
+	[[ -n $(find "$ROOT" -name 'libgcc_s.so.1' -print -quit) ]] ||
+		die "libgcc_s.so.1 (package libgcc-s1) not found by ldconfig -p: Python threads need it in the VM"
 }
 
 # --- run ---------------------------------------------------------------------
 
 t0=$(now)
 get_kernel
+if ((PRINT_KERNEL == 1)); then
+	echo "$KERNEL"
+	exit 0
+fi
 build_root
 log "initramfs $(du -h "$INITRD" | cut -f1) built in $(since "$t0")s; kernel $KERNEL"
 

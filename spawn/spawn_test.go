@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/internal/kerneltest"
 	"github.com/cgpool/cgpool/spawn"
 	"golang.org/x/sys/unix"
@@ -42,7 +41,7 @@ func wait(t *testing.T, p *spawn.Process) spawn.Exit {
 // from its first instruction on (acceptance 1).
 func TestChildStartsInLeaf(t *testing.T) {
 	r := kerneltest.NewRoot(t)
-	leaf := kerneltest.Leaf(t, &r.Group, "w-1", cgroup.Limits{})
+	leaf := kerneltest.Leaf(t, &r.Group, "w-1", nil)
 	c := kerneltest.Start(t, leaf, "cgroup")
 	if got, want := c.Line(t), "0::"+leaf.CgroupPath(); got != want {
 		t.Errorf("child's first /proc/self/cgroup line = %q, want %q", got, want)
@@ -56,7 +55,7 @@ func TestChildStartsInLeaf(t *testing.T) {
 // exactly the one given, and exit codes and signals come back.
 func TestFD3EnvAndExit(t *testing.T) {
 	r := kerneltest.NewRoot(t)
-	leaf := kerneltest.Leaf(t, &r.Group, "w-1", cgroup.Limits{})
+	leaf := kerneltest.Leaf(t, &r.Group, "w-1", nil)
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +116,7 @@ func TestStartErrors(t *testing.T) {
 		t.Error("Start without Cgroup succeeded")
 	}
 	r := kerneltest.NewRoot(t)
-	leaf := kerneltest.Leaf(t, &r.Group, "w-1", cgroup.Limits{})
+	leaf := kerneltest.Leaf(t, &r.Group, "w-1", nil)
 	dir, err := leaf.Open()
 	if err != nil {
 		t.Fatal(err)

@@ -25,13 +25,17 @@ type fileConfig struct {
 	AllowGIDs   []uint32 `toml:"allow_gids" json:"allow_gids"`
 	// Admins may change pools' environments, recycle, shut down and see
 	// other peers' tasks in status; root and the daemon's own user always.
-	AdminUIDs            []uint32     `toml:"admin_uids" json:"admin_uids"`
-	AdminGIDs            []uint32     `toml:"admin_gids" json:"admin_gids"`
-	MaxConnections       int          `toml:"max_connections" json:"max_connections"`
-	MaxConnectionsPerUID int          `toml:"max_connections_per_uid" json:"max_connections_per_uid"`
-	Root                 string       `toml:"root" json:"root"`
-	LogLevel             string       `toml:"log_level" json:"log_level"`
-	Pools                []poolConfig `toml:"pools" json:"pools"`
+	AdminUIDs            []uint32 `toml:"admin_uids" json:"admin_uids"`
+	AdminGIDs            []uint32 `toml:"admin_gids" json:"admin_gids"`
+	MaxConnections       int      `toml:"max_connections" json:"max_connections"`
+	MaxConnectionsPerUID int      `toml:"max_connections_per_uid" json:"max_connections_per_uid"`
+	Root                 string   `toml:"root" json:"root"`
+	LogLevel             string   `toml:"log_level" json:"log_level"`
+	// MetricsAddr serves Prometheus metrics ("127.0.0.1:9464", or a bare
+	// port); MetricsAllowRemote lets it be an address other hosts reach.
+	MetricsAddr        string       `toml:"metrics_addr" json:"metrics_addr"`
+	MetricsAllowRemote bool         `toml:"metrics_allow_remote" json:"metrics_allow_remote"`
+	Pools              []poolConfig `toml:"pools" json:"pools"`
 }
 
 // poolConfig is one pool in the file. Durations are Go duration strings

@@ -16,7 +16,7 @@ func FuzzConfig(f *testing.F) {
 	f.Add([]byte("socket = \"/run/x.sock\"\n[[pools]]\nname = \"a\"\nmax_workers = 2\nmemory_max = \"64M\"\n"), false)
 	f.Add([]byte(`{"pools":[{"name":"py","kind":"worker","command":["python3"],"max_workers":1,"memory_max":123,"idle_delay":"1s"}]}`), true)
 	f.Add([]byte("[[pools]]\nname = \"a\"\nmax_workers = 1\nmax_queued_bytes = \"9223372036854775807K\"\n"), false)
-	for _, dir := range []string{filepath.Join("..", "..", "testdata", "fuzz", "FuzzConfig"), filepath.Join("..", "..", "testdata", "configs")} {
+	for _, dir := range []string{filepath.Join("..", "..", "testdata", "fuzz", "FuzzConfig"), filepath.Join("..", "..", "testdata", "config")} {
 		ents, _ := os.ReadDir(dir)
 		for _, e := range ents {
 			if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil {

@@ -55,7 +55,7 @@ Delegate=yes, or root).`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
-	root.AddCommand(serveCmd(), runCmd(), demoCmd(), submitCmd(), statsCmd(), psCmd(), envCmd(), recycleCmd(), shutdownCmd(), echoWorkerCmd(), reapCmd())
+	root.AddCommand(serveCmd(), runCmd(), demoCmd(), submitCmd(), statsCmd(), psCmd(), envCmd(), recycleCmd(), shutdownCmd(), checkCmd(), echoWorkerCmd(), checkWorkerCmd(), reapCmd())
 	return root
 }
 

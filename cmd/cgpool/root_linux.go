@@ -20,7 +20,9 @@ import (
 //     slot, so that a nested pool subdivides its slot's limits and dies with
 //     it;
 //   - our own cgroup, when it is delegated to us (systemd Delegate=yes) and
-//     is not the hierarchy's root;
+//     is not the hierarchy's root; its parent, when we already run in a
+//     "supervisor" group of a delegated parent (DelegateSubgroup=supervisor,
+//     systemd 254+);
 //   - else a new group cgpool-<pid> at the top of the hierarchy (as root on
 //     a machine without systemd delegation, like the hybrid build hosts).
 //
@@ -51,8 +53,15 @@ func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root,
 		if err != nil {
 			return nil, err
 		}
-		if self != "/" {
-			if r, err = cgroup.OpenRoot(m.HostPath(self), log); err == nil {
+		if dir := m.HostPath(self); self != "/" {
+			// systemd 254+ with DelegateSubgroup=supervisor starts us in
+			// <unit>/supervisor: the delegated root is its parent.
+			if filepath.Base(dir) == cgroup.SupervisorName {
+				if r, err = cgroup.OpenRoot(filepath.Dir(dir), log); err == nil {
+					break
+				}
+			}
+			if r, err = cgroup.OpenRoot(dir, log); err == nil {
 				break
 			}
 		}

@@ -145,10 +145,10 @@ var ownReaper *reaper
 
 func serveCmd() *cobra.Command {
 	var (
-		configPath, socket, root, logLevel string
-		exitWithStdin, ready               bool
-		privateDir                         string
-		pf                                 poolFlags
+		configPath, socket, root, logLevel  string
+		exitWithStdin, ready, metricsRemote bool
+		privateDir, metricsAddr             string
+		pf                                  poolFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -161,8 +161,11 @@ clients (cgpool submit, the Go client, the Python Executor) on a unix socket.
 Pools come from --config (TOML, or JSON if the file name ends in .json; see
 README.md for the keys) or, for one pool, from the flags below. Logs are
 structured (log/slog) on stderr. Under systemd it reports READY=1 once the
-socket listens, and with socket activation (a cgpool.socket unit) it serves
-the socket systemd passes instead of making one: see contrib/systemd. SIGINT/SIGTERM shut it down: queued tasks are cancelled,
+socket listens, keeps a STATUS= line (workers busy and idle, tasks queued,
+per pool) and pings WatchdogSec= from its main loop, and with socket
+activation (a cgpool.socket unit) it serves the socket systemd passes
+instead of making one: see contrib/systemd. --metrics-addr serves
+Prometheus metrics (README.md lists them). SIGINT/SIGTERM shut it down: queued tasks are cancelled,
 running ones get --shutdown-deadline, then everything is killed and every
 cgroup and the socket file are removed.`,
 		Args: cobra.NoArgs,
@@ -190,6 +193,10 @@ cgroup and the socket file are removed.`,
 			if cmd.Flags().Changed("root") || fc.Root == "" {
 				fc.Root = root
 			}
+			if cmd.Flags().Changed("metrics-addr") {
+				fc.MetricsAddr = metricsAddr
+			}
+			fc.MetricsAllowRemote = fc.MetricsAllowRemote || metricsRemote
 			var cfgs []pool.Config
 			for _, pc := range fc.Pools {
 				c, err := pc.toPool()
@@ -223,6 +230,8 @@ cgroup and the socket file are removed.`,
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&exitWithStdin, "exit-with-stdin", false, "shut down when stdin reaches end of file (for a parent that owns this supervisor)")
 	fl.BoolVar(&ready, "ready", false, "print \"ready SOCKET\" on stdout once the socket listens")
+	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics: [HOST:]PORT, 127.0.0.1 when only a port is given (default: off)")
+	fl.BoolVar(&metricsRemote, "metrics-allow-remote", false, "let --metrics-addr listen on an address other hosts can reach (0.0.0.0, a LAN address)")
 	fl.StringVar(&privateDir, "private-dir", "", "a directory made for this supervisor alone (its socket's); removed with everything in it on exit")
 	pf.register(cmd, "exec")
 	return cmd
@@ -260,6 +269,11 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 	}
 	defer ln.Close()
 	fc.Socket = ln.Path()
+	mx, err := startMetrics(fc, cfgs, log)
+	if err != nil {
+		return err
+	}
+	defer mx.stop(log)
 	root, err := openRoot(ctx, fc.Root, log)
 	if err != nil {
 		return err
@@ -280,34 +294,47 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 	if err != nil {
 		return err
 	}
+	mx.watch(sup)
 	srv := pool.NewServer(sup, ln, pool.ServerOptions{Logger: log, AdminUIDs: fc.AdminUIDs, AdminGIDs: fc.AdminGIDs,
 		MaxConns: fc.MaxConnections, MaxConnsPerUID: fc.MaxConnectionsPerUID})
+	mx.watchServer(srv)
 	log.Info("cgpool serving", "socket", fc.Socket, "cgroup", root.Path(), "pools", sup.Pools(), "controllers", root.Controllers())
 	if ready {
 		fmt.Printf("ready %s\n", fc.Socket)
 	}
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+	beat := newHeartbeat(sup, log)
+	beat.beat()
 
 	serveCtx, stopServe := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(serveCtx) }()
 	var opts pool.ShutdownOptions
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "reason", context.Cause(ctx))
-		opts = pool.ShutdownOptions{Wait: true, CancelFutures: true, Deadline: 10 * time.Second}
-		if exitWithStdin {
-			// The owner is gone: nobody waits for results, so kill what runs.
-			opts = pool.ShutdownOptions{Wait: false, CancelFutures: true}
+	for { // the main loop: systemd's watchdog pings come from here (notify.go)
+		select {
+		case <-beat.C():
+			beat.beat()
+			continue
+		case <-beat.Wedged():
+			log.Warn("test hook: the main loop stops here for good", "env", wedgeEnv)
+			<-make(chan struct{})
+		case <-ctx.Done():
+			log.Info("shutting down", "reason", context.Cause(ctx))
+			opts = pool.ShutdownOptions{Wait: true, CancelFutures: true, Deadline: 10 * time.Second}
+			if exitWithStdin {
+				// The owner is gone: nobody waits for results, so kill what runs.
+				opts = pool.ShutdownOptions{Wait: false, CancelFutures: true}
+			}
+		case opts = <-srv.ShutdownRequested():
+			log.Info("shutdown requested by a client", "wait", opts.Wait, "cancel_futures", opts.CancelFutures)
+		case err := <-served:
+			stopServe()
+			_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
+			return err
 		}
-	case opts = <-srv.ShutdownRequested():
-		log.Info("shutdown requested by a client", "wait", opts.Wait, "cancel_futures", opts.CancelFutures)
-	case err := <-served:
-		stopServe()
-		_ = sup.Shutdown(context.Background(), pool.ShutdownOptions{Wait: true, CancelFutures: true})
-		return err
+		break
 	}
-	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	defer beat.stopping()()
 	err = sup.Shutdown(context.Background(), opts)
 	if err == nil && !opts.Wait {
 		err = sup.Wait(context.Background())

@@ -23,11 +23,14 @@ var allowed = map[string][]string{
 	"client":              {"ipc"},
 	"worker":              {"ipc"},
 	"pool":                {"sched", "spawn", "cgroup", "oomwatch", "ipc"},
+	"metrics":             {"pool", "sched", "spawn", "cgroup", "oomwatch", "ipc"},
+	"check":               {"pool", "sched", "spawn", "cgroup", "oomwatch", "ipc"},
 	"internal/kerneltest": {"cgroup", "spawn"},
 	"internal/deptest":    nil,
 	"internal/pyvm":       {"internal/kerneltest", "cgroup", "spawn"},
+	"internal/systemdvm":  nil,
 	"scripts/vminit":      nil,
-	"cmd/cgpool":          {"pool", "sched", "spawn", "cgroup", "oomwatch", "ipc", "client", "worker"},
+	"cmd/cgpool":          {"pool", "metrics", "check", "sched", "spawn", "cgroup", "oomwatch", "ipc", "client", "worker"},
 }
 
 func TestImportArrows(t *testing.T) {

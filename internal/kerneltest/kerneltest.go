@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"io"
 	"os"
 	"os/exec"
@@ -124,9 +125,19 @@ func RequireControllers(t testing.TB, r *cgroup.Root, names ...string) {
 	}
 }
 
-// Leaf creates a child group with limits below parent and destroys it
+// MemoryLimit is a slot's memory limit as the pool sets it: memory.max of
+// bytes, no swap (memory plus swap = memory) and memory.oom.group, so that
+// going over it is an OOM kill of the whole group.
+func MemoryLimit(bytes int64) *specs.LinuxResources {
+	return &specs.LinuxResources{
+		Memory:  &specs.LinuxMemory{Limit: &bytes, Swap: &bytes},
+		Unified: map[string]string{"memory.oom.group": "1"},
+	}
+}
+
+// Leaf creates a child group with limits (nil: none) below parent and destroys it
 // (kill, wait, remove) when the test ends.
-func Leaf(t testing.TB, parent *cgroup.Group, name string, l cgroup.Limits) *cgroup.Group {
+func Leaf(t testing.TB, parent *cgroup.Group, name string, l *specs.LinuxResources) *cgroup.Group {
 	t.Helper()
 	g, err := parent.Mkdir(name)
 	if err != nil {

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Executor": "cgpool.executor",
-    "Future": "cgpool.executor",
+    "Future": "cgpool.future",
     "CancelledError": "cgpool.errors",
     "TimeoutError": "cgpool.errors",
     "QueueTimeoutError": "cgpool.errors",
@@ -25,6 +25,8 @@ _LAZY = {
     "Rejected": "cgpool.errors",
     "TaskError": "cgpool.errors",
     "SupervisorError": "cgpool.errors",
+    "TaskLost": "cgpool.errors",
+    "MainGuardError": "cgpool.errors",
 }
 
 __all__ = sorted(_LAZY) + ["as_completed", "wait"]

@@ -15,10 +15,18 @@ What differs, on purpose:
   cgroup, so a task stuck in C code holding the GIL times out too;
 - ``Future.cancel()`` follows concurrent.futures: False for a running task
   (Deadpool returns True but lets it run); ``cancel_and_kill_if_running()``
-  kills it;
+  kills it; ``Future.running()`` is True while the task runs;
 - an out-of-memory kill raises ``OutOfMemoryError``, a ``ProcessError``;
-- idle workers above ``min_workers`` retire after ``idle_timeout`` seconds
-  (default 1 s here; Deadpool retires them at once).
+- the pool starts ``min_workers`` workers and grows to ``max_workers`` as
+  tasks wait (Deadpool starts ``max_workers``). As in Deadpool, a worker
+  above ``min_workers`` retires as soon as it is idle with nothing queued
+  (``idle_timeout``, default 0.001 s), and ``worker_processes_created``
+  counts every worker that took a slot (first ones, growth and
+  replacements). So the figures of Deadpool's README statistics example
+  are Deadpool's; a pool that never grows to ``max_workers`` reports fewer
+  created than Deadpool, which counts its ``max_workers`` first workers;
+- per-task options are checked at ``submit`` (``deadpool_timeout="5"`` is a
+  TypeError there, not in the pool).
 
 The cgpool options (``memory_max``, ``pids_max``, ``socket``, ``pool``,
 ``idle_timeout``, ...) are accepted as keywords too, and ``submit`` also
@@ -29,7 +37,9 @@ from concurrent.futures import CancelledError, as_completed, wait
 
 from cgpool.errors import (OutOfMemoryError, PoolClosed, ProcessError, QueueTimeoutError,
                            TaskError, TimeoutError)
-from cgpool.executor import Executor, Future
+from cgpool.executor import Executor
+from cgpool.future import Future
+from cgpool.options import SUBMIT_OPTIONS
 
 __all__ = [
     "Deadpool",
@@ -45,12 +55,18 @@ __all__ = [
     "wait",
 ]
 
-DEFAULT_IDLE_TIMEOUT = 1.0
+# Deadpool retires a worker above min_workers the moment it finishes a task
+# with nothing queued; the supervisor's idle delay does that when it is this
+# short.
+DEFAULT_IDLE_TIMEOUT = 0.001
 
 
 class Deadpool(Executor):
     """Deadpool's executor, run by cgpool. See the module doc for what
     differs from the original."""
+
+    _kind = "Deadpool"
+    _names = {"cgpool_timeout": "deadpool_timeout", "cgpool_priority": "deadpool_priority"}
 
     def __init__(self, max_workers=None, min_workers=None, max_tasks_per_child=None,
                  max_worker_memory_bytes=None, mp_context=None, initializer=None, initargs=(),
@@ -75,11 +91,18 @@ class Deadpool(Executor):
     def submit(self, fn, /, *args, deadpool_timeout=None, deadpool_priority=0, **kwargs):
         """Schedule ``fn(*args, **kwargs)``. ``deadpool_timeout``: seconds from
         the start of the task (None or 0: none), then TimeoutError;
-        ``deadpool_priority``: int >= 0, lower runs sooner (ValueError if
-        negative). Raises PoolClosed after shutdown."""
-        if deadpool_priority < 0:
-            raise ValueError("Parameter deadpool_priority must be >= 0, but was %s" % deadpool_priority)
-        if deadpool_timeout is not None or deadpool_priority:
-            kwargs.setdefault("cgpool_timeout", deadpool_timeout)
-            kwargs.setdefault("cgpool_priority", deadpool_priority)
-        return super().submit(fn, *args, **kwargs)
+        ``deadpool_priority``: int >= 0, lower runs sooner. Both are checked
+        here: TypeError for the wrong type, ValueError for a negative
+        value. Raises PoolClosed after shutdown."""
+        opts = {}
+        for k in list(kwargs):
+            if k.startswith("cgpool_"):
+                if k not in SUBMIT_OPTIONS:
+                    raise TypeError("unknown submit option %s (the options are %s)"
+                                    % (k, ", ".join(SUBMIT_OPTIONS)))
+                opts[k] = kwargs.pop(k)
+        if deadpool_timeout is not None:
+            opts.setdefault("cgpool_timeout", deadpool_timeout)
+        if deadpool_priority != 0 or isinstance(deadpool_priority, bool):
+            opts.setdefault("cgpool_priority", deadpool_priority)
+        return self._submit(fn, args, kwargs, opts or None, self._names)

@@ -10,10 +10,13 @@ written against Deadpool catches the same names:
   under the task (:class:`OutOfMemoryError` when the cgroup hit its limit);
 - :class:`PoolClosed`: submit after shutdown, or the supervisor is draining;
 - :class:`Rejected`: the supervisor refused the submission (nothing ran);
-- :class:`TaskError`: the task raised an exception that could not be carried
-  back as itself (its text and traceback are kept);
+- :class:`TaskError` (a :class:`ProcessError`, as Deadpool reports it): the
+  task raised an exception that could not be pickled in the worker (its
+  text and traceback are kept). An exception that was sent but cannot be
+  unpickled here fails the future with the unpickling error itself, as in
+  Deadpool, with the task's traceback as its ``__cause__``;
 - :class:`SupervisorError`: the supervisor could not be started or reached,
-  or it went away.
+  or it went away; :class:`TaskLost`: a task's outcome was lost with it.
 """
 
 import concurrent.futures
@@ -30,6 +33,8 @@ __all__ = [
     "Rejected",
     "TaskError",
     "SupervisorError",
+    "TaskLost",
+    "MainGuardError",
     "RemoteTraceback",
     "signal_name",
     "exit_description",
@@ -87,32 +92,69 @@ class OutOfMemoryError(ProcessError):
     """The task's cgroup reached its memory limit and the kernel OOM-killed it."""
 
 
+class MainGuardError(RuntimeError):
+    """A pool was started while a cgpool worker imported the caller's main
+    module: the script creates its pool outside an ``if __name__ ==
+    "__main__":`` guard. The text says so and shows the idiom."""
+
+
 class PoolClosed(RuntimeError):
     """The pool is shut down (or shutting down): no more tasks are taken."""
 
 
 class Rejected(RuntimeError):
     """The supervisor refused the submission; nothing of it ran, so retrying
-    is safe. ``reason`` is the protocol's (queue_full, invalid, too_large,
-    unknown_pool)."""
+    is safe. ``reason`` is the protocol's: queue_full, invalid, too_large,
+    over_limit (above one of the pool's ceilings: max_timeout, memory_max,
+    max_env_bytes, max_tasks_per_client), forbidden (it would run as root
+    on a pool without allow_root), unknown_pool."""
 
     def __init__(self, message, reason=""):
         super().__init__(message)
         self.reason = reason
 
 
-class TaskError(Exception):
-    """The task raised, but its exception could not be carried back as itself
-    (it could not be pickled in the worker or unpickled here). ``str()`` is
-    the original ``Type: text``; ``traceback`` the worker-side traceback."""
+class TaskError(ProcessError):
+    """The task raised, but its exception could not be pickled in the worker
+    (its ``__reduce__`` raised or returned something pickle refuses).
+    Deadpool reports this as a ProcessError whose text begins "An exception
+    occurred but pickling it failed."; so does cgpool. The text then gives
+    the original exception and its traceback, and why pickling failed;
+    ``traceback`` is the worker-side traceback alone. ``reason`` is
+    "task_error"."""
 
-    def __init__(self, message, traceback=""):
-        super().__init__(message)
+    def __init__(self, message, traceback="", **kw):
+        kw.setdefault("reason", "task_error")
+        super().__init__(message, **kw)
         self.traceback = traceback
+
+
+UNPICKLABLE_EXCEPTION = ("An exception occurred but pickling it failed. The original exception is "
+                         "presented here as a string with traceback.")
+
+
+def unpicklable_exception_text(message, tb, why):
+    """Deadpool's text for an exception that could not be pickled: its
+    sentence, the original exception and traceback, then the reason."""
+    return "%s\n%s\n%s\nThe reason for the pickling failure is the following:\n%s" % (
+        UNPICKLABLE_EXCEPTION, message, tb.rstrip("\n"), why)
 
 
 class SupervisorError(RuntimeError):
     """cgpool serve could not be started or reached, or it went away."""
+
+
+class TaskLost(SupervisorError):
+    """The supervisor went away while the task was submitted and not yet
+    finished: its outcome is lost. ``started`` says whether the task was
+    known to have started (it may have run, or be partly done); a task
+    that had not may still have started in the last moments. The Executor
+    goes on with a new supervisor: resubmit only what is safe to run
+    twice."""
+
+    def __init__(self, message, started=False):
+        super().__init__(message)
+        self.started = started
 
 
 class RemoteTraceback(Exception):
@@ -157,8 +199,11 @@ def _mib(n):
 
 def process_error_from(h):
     """Build the ProcessError (or OutOfMemoryError) for a ``process_error``
-    header. The text follows Deadpool's: ``Subprocess PID completed
-    unexpectedly with exitcode -9 (Killed)``, then why."""
+    header. The text is Deadpool's sentence, ``Subprocess PID completed
+    unexpectedly with exitcode -9 (Killed)``, then why, once. The
+    supervisor's own detail (which repeats the pid and the exit) stays in
+    ``.message``; it is added to the text only where no worker ran (a
+    worker that could not start: the detail is the only cause given)."""
     reason = h.get("reason") or "crashed"
     sig = int(h.get("signal") or 0)
     code = int(h.get("exit_code") or 0)
@@ -172,18 +217,27 @@ def process_error_from(h):
             why += " (peak %s)" % _mib(peak)
     elif reason == "killed":
         why = "killed by a signal that cgpool did not send"
+    elif sig:
+        why = "the worker died without answering"
     else:
-        why = "the worker died or exited without answering"
+        why = "the worker exited without answering"
     if pid:
         text = "Subprocess %d completed unexpectedly with %s: %s" % (
             pid, exit_description(sig, code), why)
     else:
-        text = "Worker process could not run the task: %s" % why
-    if detail:
-        text += " [%s]" % detail
+        text = "Worker process could not run the task: %s" % (detail or why)
     cls = OutOfMemoryError if reason == "oom" else ProcessError
     return cls(text, reason=reason, signal=sig, exit_code=exitcode, pid=pid,
                leaf=h.get("leaf") or "", memory_peak=peak, message=detail)
+
+
+def task_lost_from(h, started):
+    """The TaskLost for a ``process_error`` whose reason is ``lost``: the
+    supervisor lost the task to an internal error (a bug in cgpool, which
+    it logs with its stack); the task may have run in part."""
+    detail = h.get("message") or "no detail"
+    return TaskLost("the task's outcome is lost: the supervisor lost it to an internal error (%s); "
+                    "it may have run in part or whole" % detail, started=started)
 
 
 def timeout_error_from(h):

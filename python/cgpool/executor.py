@@ -1,27 +1,33 @@
 """cgpool.Executor: a concurrent.futures.Executor backed by ``cgpool serve``.
 
-One Executor holds one connection to a supervisor (a private one it starts,
-or a shared one given by ``socket``) and one background thread that reads
-every frame and settles the futures. Submissions are written on the
-caller's thread; when several threads (or ``map``) submit at once their
-frames go out together in one write.
+The Executor keeps the futures, the client side of the backlog, and the
+shutdown; everything about the socket (the reader thread, writes, requests
+and their replies) is its :class:`cgpool.connection.Connection`, and the
+private supervisor is a :class:`cgpool.server.PrivateServer`. Submissions are
+written on the caller's thread; when several threads (or ``map``) submit at
+once their frames go out together in one write.
 
-Thread safety: every public method may be called from any thread. Future
-callbacks run on the reader thread, as concurrent.futures runs them on its
-own threads; a callback may submit, but must not call methods that wait for
-the supervisor's answer (``get_statistics``, ``clear_workers``).
+Threads: every public method may be called from any thread, and from a
+future's callback (callbacks run on the connection's reader thread, as
+concurrent.futures runs them on its own threads; a callback that waits for
+the supervisor is served by that thread in the meantime).
+
+Fork: an Executor belongs to the process that created it. In a forked child
+(``os.fork``, multiprocessing's fork start method, a fork
+ProcessPoolExecutor) it is disarmed at once by an ``os.register_at_fork``
+hook: the child closes its copies of the descriptors and never writes to the
+parent's connection or touches the parent's supervisor; the hooks that run at
+the child's exit do nothing; ``shutdown`` there is a no-op and other calls
+raise RuntimeError.
 """
 
 import atexit
-import collections
 import concurrent.futures
-import concurrent.futures._base as _cfb
 import itertools
 import json
-import math
+import logging
 import os
 import pickle
-import socket as _socket
 import sys
 import threading
 import time
@@ -30,159 +36,31 @@ import weakref
 from cgpool import errors as _errors
 from cgpool import payload as _payload
 from cgpool import protocol as _proto
-from cgpool.errors import PoolClosed, SupervisorError
+from cgpool.connection import REQUEST_TIMEOUT, Connection
+from cgpool.errors import PoolClosed, SupervisorError, TaskLost
+from cgpool.future import Future
+from cgpool.options import MAX_MS, SUBMIT_OPTIONS, check_bytes, check_env, check_priority, seconds_ms
 from cgpool.server import PrivateServer, go_duration
 
-__all__ = ["Executor", "Future"]
+__all__ = ["Executor", "Future", "DEADPOOL_STATISTICS"]
 
-CLIENT_NAME = "cgpool-py/0.1"
-_REQUEST_TIMEOUT = 30.0
+_log = logging.getLogger("cgpool")
 _BATCH_FRAMES = 256
 
-_PENDING = _cfb.PENDING
-_RUNNING = _cfb.RUNNING
-_CANCELLED = _cfb.CANCELLED
-_CANCELLED_AND_NOTIFIED = _cfb.CANCELLED_AND_NOTIFIED
-_FINISHED = _cfb.FINISHED
-
-
-class Future(concurrent.futures.Future):
-    """A concurrent.futures.Future with cgpool's (and Deadpool's) extras.
-
-    - ``pid``: the worker's pid once the task started (None before);
-      ``leaf``: the cgroup it runs in;
-    - ``add_pid_callback(fn)``: ``fn(future)`` when the pid is known (at once
-      if it already is); runs on the executor's reader thread;
-    - ``cancel()``: standard semantics: True only if the task had not
-      started; a running task is left to finish;
-    - ``cancel_and_kill_if_running()``: also kills a running task's whole
-      cgroup; the future then ends cancelled.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self._pid = None
-        self.leaf = None
-        self._pid_callbacks = []
-        self._cg_id = 0
-        self._cg_exec = None  # weakref to the Executor, once submitted
-
-    @property
-    def pid(self):
-        """The pid of the worker that runs (or ran) the task, else None."""
-        return self._pid
-
-    def add_pid_callback(self, fn):
-        """Call ``fn(self)`` once the task's worker pid is known."""
-        with self._condition:
-            if self._pid is None:
-                self._pid_callbacks.append(fn)
-                return
-        _call_quietly(fn, self)
-
-    def _set_pid(self, pid, leaf):
-        with self._condition:
-            self._pid = pid or None
-            self.leaf = leaf or None
-            cbs, self._pid_callbacks = self._pid_callbacks, []
-        for fn in cbs:
-            _call_quietly(fn, self)
-
-    def cancel(self):
-        """Cancel the task if it has not started. Returns False for a running
-        or finished task (it is not stopped: see cancel_and_kill_if_running)."""
-        if not super().cancel():
-            return False
-        self._notify_cancelled()
-        ex = self._cg_exec() if self._cg_exec is not None else None
-        if ex is not None:
-            ex._send_cancel(self._cg_id, "soft")
-        return True
-
-    def cancel_and_kill_if_running(self, sig=None):
-        """Cancel the task, killing it (its whole cgroup) if it is running.
-        *sig* is accepted for Deadpool compatibility: the supervisor always
-        kills the cgroup outright. Returns True unless the task had already
-        finished."""
-        if self.done():
-            return self.cancelled()
-        if concurrent.futures.Future.cancel(self):
-            self._notify_cancelled()
-        ex = self._cg_exec() if self._cg_exec is not None else None
-        if ex is not None:
-            ex._send_cancel(self._cg_id, "hard")
-        return True
-
-    def _notify_cancelled(self):
-        with self._condition:
-            if self._state == _CANCELLED:
-                self.set_running_or_notify_cancel()
-
-    # The reader thread's side.
-
-    def _mark_running(self):
-        with self._condition:
-            if self._state == _PENDING:
-                self.set_running_or_notify_cancel()
-
-    def _finish_cancelled(self):
-        """The supervisor says cancelled: end the future so, even if it was
-        already running (a hard cancel)."""
-        with self._condition:
-            if self._state in (_FINISHED, _CANCELLED_AND_NOTIFIED):
-                return
-            if self._state == _CANCELLED:
-                self.set_running_or_notify_cancel()
-                return
-            self._state = _CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()
-
-    def _settle(self, result=None, exception=None):
-        try:
-            if exception is not None:
-                self.set_exception(exception)
-            else:
-                self.set_result(result)
-        except concurrent.futures.InvalidStateError:
-            pass  # cancelled here meanwhile
-
-
-def _call_quietly(fn, fut):
-    try:
-        fn(fut)
-    except Exception:
-        import traceback
-        print("cgpool: exception in pid callback %r:" % (fn,), file=sys.stderr)
-        traceback.print_exc()
-
-
-class _Request:
-    __slots__ = ("event", "header")
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.header = None
-
-
-def _ms(seconds, what):
-    if seconds is None or seconds == 0:
-        return 0
-    if seconds < 0:
-        raise ValueError("%s must be >= 0, got %r" % (what, seconds))
-    return max(1, int(math.ceil(seconds * 1000)))
-
+# get_statistics() returns exactly these, in Deadpool's order.
+DEADPOOL_STATISTICS = (
+    "tasks_received", "tasks_launched", "tasks_failed", "worker_processes_created",
+    "max_workers_busy_concurrently", "worker_processes_still_alive",
+    "worker_processes_busy", "worker_processes_idle",
+)
+_GAUGES = ("worker_processes_still_alive", "worker_processes_busy", "worker_processes_idle",
+           "tasks_queued", "tasks_running")
 
 def _default_workers():
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-_live = weakref.WeakSet()
 
 
 def _installed_in_site(path):
@@ -200,16 +78,49 @@ def _installed_in_site(path):
     return any(os.path.realpath(d) == real for d in dirs)
 
 
+MISSING_GUARD = """An attempt has been made to start a cgpool pool while a worker was
+importing the main module %s to run your tasks.
+
+This probably means that the pool is created at the top level of the
+script, and you have forgotten to use the proper idiom in the main module:
+
+    if __name__ == "__main__":
+        with cgpool.Executor() as ex:
+            ...
+
+Workers import the main module (as multiprocessing's spawn start method
+does) to find the functions you submit: code outside that guard runs again
+in every worker, and a pool started there is refused."""
+
+
+def _check_not_importing_main():
+    """Refuse a pool started while a cgpool worker imports the caller's
+    main module (multiprocessing.spawn._check_not_importing_main does the
+    same for spawn)."""
+    w = sys.modules.get("cgpool.worker")
+    main = getattr(w, "importing_main", None) if w is not None else None
+    if main:
+        raise _errors.MainGuardError(MISSING_GUARD % main)
+
+
+_FORKED = ("this cgpool %s was created in process %d; a forked child (process %d) cannot use it: "
+           "create a new one in the child")
+
+_live = weakref.WeakSet()
+
+
 class Executor(concurrent.futures.Executor):
     """A process pool whose workers each live in their own cgroup, run by
     ``cgpool serve``. It never breaks: a worker that dies fails only its own
     task (ProcessError, OutOfMemoryError), a timeout kills the task's whole
-    cgroup (TimeoutError), and the pool goes on.
+    cgroup (TimeoutError), and the pool goes on; if its private supervisor
+    itself dies, the tasks then in flight fail with TaskLost and a new
+    supervisor takes over.
 
     Pool options (Deadpool's names; None means the supervisor's default):
     ``max_workers`` (default: the CPUs this process may use), ``min_workers``
     (default max_workers; idle workers above it retire after
-    ``idle_timeout`` seconds), ``max_tasks_per_child``,
+    ``idle_timeout`` seconds, default 10), ``max_tasks_per_child``,
     ``max_worker_memory_bytes`` (retire a worker whose cgroup uses this much
     after a task), ``malloc_trim_rss_memory_threshold_bytes`` (ask the worker
     to give memory back above this), ``initializer``/``initargs``,
@@ -230,15 +141,21 @@ class Executor(concurrent.futures.Executor):
     ``$CGPOOL_BIN`` or ``cgpool`` on PATH); ``log_level``: its log level
     (default ``$CGPOOL_LOG_LEVEL`` or "warn"; its logs go to stderr).
 
-    ``submit`` keywords consumed (not passed to the function):
-    ``cgpool_timeout`` (seconds from the start of the task),
-    ``cgpool_priority`` (int >= 0, lower runs sooner), ``cgpool_queue_timeout``
-    (seconds it may wait to start), ``cgpool_memory_max`` (bytes, at most the
-    pool's), ``cgpool_env`` (environment additions for this task only).
+    ``submit`` keywords consumed (not passed to the function), each checked
+    at once (TypeError, ValueError): ``cgpool_timeout`` (seconds from the
+    start of the task), ``cgpool_priority`` (int >= 0, lower runs sooner),
+    ``cgpool_queue_timeout`` (seconds it may wait to start),
+    ``cgpool_memory_max`` (bytes, at most the pool's), ``cgpool_env``
+    (environment additions for this task only). Any other keyword that
+    starts with ``cgpool_`` is refused (TypeError), so a misspelt option
+    never reaches the function.
+
+    Tasks' output: with a private supervisor, workers write to this
+    process's own stdout and stderr (the same open files, as a forked child
+    would); with a shared one, to that supervisor's log.
     """
 
-    _submit_keywords = ("cgpool_timeout", "cgpool_priority", "cgpool_queue_timeout",
-                        "cgpool_memory_max", "cgpool_env")
+    _kind = "Executor"
 
     def __init__(self, max_workers=None, min_workers=None, max_tasks_per_child=None,
                  max_worker_memory_bytes=None, malloc_trim_rss_memory_threshold_bytes=None,
@@ -247,6 +164,7 @@ class Executor(concurrent.futures.Executor):
                  propagate_environ=None, memory_max=None, pids_max=None,
                  idle_timeout=None, default_timeout=None, socket=None, pool=None,
                  cgpool_bin=None, log_level=None, spare_workers=1):
+        _check_not_importing_main()
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if min_workers is not None and min_workers < 0:
@@ -256,42 +174,41 @@ class Executor(concurrent.futures.Executor):
         for name, f in (("initializer", initializer), ("finalizer", finalizer)):
             if f is not None and not callable(f):
                 raise TypeError("%s must be callable" % name)
+        self._pid = os.getpid()
         self.shutdown_wait = shutdown_wait
         self.shutdown_cancel_futures = shutdown_cancel_futures
         self.propagate_environ = propagate_environ
         self.max_backlog = max_backlog or 0
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._room_waiters = 0
         self._futures = {}
-        self._requests = {}
         self._queued = 0
         self._ids = itertools.count(1)
         self._closed = False
         self._finishing = False
-        self._finish_id = 0
         self._finished = threading.Event()
-        self._lost = None
-        self._outq = collections.deque()
-        self._reader_ident = None
-        self._writer = None
-        self._wlock = threading.Lock()
+        self._lost = None         # why the Executor cannot go on (text), else None
+        self._restarting = False
+        self._conn = None
         self._server = None
-        self._sock = None
-        self._reader = None
+        self._last_stats = None
         self._env_snapshot = dict(propagate_environ) if propagate_environ is not None else None
         self._static_env = {}
+        self._cfg = None
+        self._log_level = log_level or os.environ.get("CGPOOL_LOG_LEVEL") or "warn"
+        self._cgpool_bin = cgpool_bin
+        prep = _payload.preparation_data()
+        self.affinity = _payload.affinity(prep)
 
         if socket is None:
             self.max_workers = max_workers or _default_workers()
             self.pool_name = pool or "default"
-            self._static_env = self._startup_env(initializer, initargs, finalizer, finalargs)
+            self._static_env = self._startup_env(prep, initializer, initargs, finalizer, finalargs)
             cfg = {"name": self.pool_name, "kind": "worker",
                    "command": [sys.executable, "-m", "cgpool.worker"],
                    "max_workers": self.max_workers,
                    "max_backlog": self.max_backlog or 0,
                    "spare_workers": int(spare_workers or 0),
-                   "env": self._pool_env(),
                    # propagate_environ is this process's own environment
                    # for its own workers: any name goes.
                    "allow_env": ["*"]}
@@ -309,14 +226,17 @@ class Executor(concurrent.futures.Executor):
                 if value:
                     cfg[key] = int(value)
             if idle_timeout is not None:
+                seconds_ms(idle_timeout, "idle_timeout")  # checks it
                 cfg["idle_delay"] = go_duration(idle_timeout)
             if default_timeout:
+                seconds_ms(default_timeout, "default_timeout")  # checks it
                 cfg["default_timeout"] = go_duration(default_timeout)
+                # A default, not a ceiling: a task may ask for longer (the
+                # supervisor's max_timeout would otherwise be the default).
+                cfg["max_timeout"] = "%dms" % MAX_MS
+            self._cfg = cfg
             self._prep_blob = None
-            self._server = PrivateServer(cfg, binary=cgpool_bin,
-                                         log_level=log_level or os.environ.get("CGPOOL_LOG_LEVEL") or "warn")
-            self._server.start()
-            path = self._server.socket
+            self._server, self._conn = self._start_private()
         else:
             given = [n for n, v in (("max_workers", max_workers), ("min_workers", min_workers),
                                     ("max_tasks_per_child", max_tasks_per_child),
@@ -331,30 +251,28 @@ class Executor(concurrent.futures.Executor):
                 raise ValueError("with socket=, the pool's shape is the server's configuration; "
                                  "these options cannot be given: %s" % ", ".join(given))
             self.max_workers = None
-            self.pool_name = pool
-            self._prep_blob = _payload.dumps(_payload.preparation_data())
-            path = socket
-        try:
-            self._connect(path)
-        except BaseException:
-            if self._server is not None:
-                self._server.close(timeout=5.0)
-            raise
+            self._prep_blob = _payload.dumps(prep)
+            self._conn = Connection(socket, self._on_frame, None, self._ids, pool=pool)
+            self._conn._on_lost = self._lost_callback(self._conn)
+            self.pool_name = pool if pool is not None else (self._conn.pools[0] if self._conn.pools else None)
+            if self.pool_name is None:
+                self._conn.close()
+                raise SupervisorError("cgpool serve at %s has no pools" % socket)
         self._pool_json = json.dumps(self.pool_name)
         # A private supervisor's backlog is ours alone and the client bounds
         # it (max_backlog, the same bound as the server's): the server never
         # has to hold a submission. A shared one may be full of other
         # clients' work, so there submit waits for room (hold).
         self._hold = socket is not None or not self.max_backlog
-        self._submit_tail = ',"hold":true}' if self._hold else '}'
-        self._reader = threading.Thread(target=self._read_loop, name="cgpool-reader", daemon=True)
-        self._reader.start()
+        self._submit_head = '{"type":"submit","id":'
+        self._submit_tail = (',"pool":%s,"affinity":"%s"%s}' % (
+            self._pool_json, self.affinity, ',"hold":true' if self._hold else ''))
+        self._conn.start()
         _live.add(self)
 
     # ----- set-up
 
-    @staticmethod
-    def _startup_env(initializer, initargs, finalizer, finalargs):
+    def _startup_env(self, prep, initializer, initargs, finalizer, finalargs):
         env = {}
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         if not _installed_in_site(here):
@@ -362,7 +280,7 @@ class Executor(concurrent.futures.Executor):
             # find the package.
             pp = os.environ.get("PYTHONPATH")
             env["PYTHONPATH"] = here + (os.pathsep + pp if pp else "")
-        env[_payload.ENV_MAIN] = _payload.encode_env_blob(_payload.preparation_data())
+        env[_payload.ENV_MAIN] = _payload.encode_env_blob(prep)
         try:
             if initializer is not None:
                 env[_payload.ENV_INIT] = _payload.encode_env_blob((initializer, tuple(initargs or ())))
@@ -375,110 +293,46 @@ class Executor(concurrent.futures.Executor):
     def _pool_env(self):
         env = dict(self._env_snapshot or {})
         env.update(self._static_env)
+        if self._server is not None:
+            env.update(self._server.env)
         return {str(k): str(v) for k, v in env.items()}
 
-    def _connect(self, path):
-        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    def _start_private(self):
+        """Start a private supervisor with the pool's configuration (and the
+        current propagated environment) and connect to it."""
+        cfg = dict(self._cfg, env=dict(self._env_snapshot or {}, **self._static_env))
+        cfg["env"] = {str(k): str(v) for k, v in cfg["env"].items()}
+        server = PrivateServer(cfg, binary=self._cgpool_bin, log_level=self._log_level)
+        server.start()
         try:
-            s.connect(path)
-            s.sendall(_proto.encode_frame({"type": "hello", "version": _proto.PROTOCOL_VERSION,
-                                           "client": CLIENT_NAME}))
-            s.settimeout(_REQUEST_TIMEOUT)
-            buf = _proto.FrameBuffer()
-            frames = []
-            while not frames:
-                data = s.recv(65536)
-                if not data:
-                    raise SupervisorError("cgpool serve at %s closed the connection during the handshake" % path)
-                buf.feed(data)
-                frames = buf.frames()
-            h = frames[0][0]
-            if h["type"] == "error":
-                raise SupervisorError("cgpool serve refused the handshake: %s" % h.get("message", h.get("code")))
-            if h["type"] != "welcome":
-                raise SupervisorError("cgpool serve answered the handshake with %r" % h["type"])
-            pools = h.get("pools") or []
-            if self.pool_name is None:
-                if not pools:
-                    raise SupervisorError("cgpool serve at %s has no pools" % path)
-                self.pool_name = pools[0]
-            elif pools and self.pool_name not in pools:
-                raise ValueError("no pool named %r at %s (pools: %s)" % (self.pool_name, path, ", ".join(pools)))
-            s.settimeout(None)
-        except (OSError, _proto.FrameError) as e:
-            s.close()
-            raise SupervisorError("cannot talk to cgpool serve at %s: %s" % (path, e)) from e
+            conn = Connection(server.socket, self._on_frame, None, self._ids, pool=self.pool_name)
         except BaseException:
-            s.close()
+            server.close(timeout=5.0)
             raise
-        self._sock = s
-        self._early = frames[1:]
-        self._early_buf = buf
+        conn._on_lost = self._lost_callback(conn)
+        return server, conn
 
-    # ----- writing
+    def _lost_callback(self, conn):
+        ref = weakref.ref(self)
 
-    def _send(self, data):
-        """Queue bytes for the socket and write whatever is queued unless
-        another thread is writing (it will take ours too). Raises nothing:
-        a broken connection is the reader's to report."""
-        self._outq.append(data)
-        if threading.get_ident() == self._reader_ident:
-            # The reader must never block in a write: the supervisor may be
-            # blocked writing to us. A helper thread writes for it.
-            self._wake_writer()
-            return
-        self._flush()
+        def lost(reason):
+            ex = ref()
+            if ex is not None:
+                ex._on_lost(conn, reason)
+        return lost
 
-    def _flush(self):
-        while self._outq:
-            if not self._wlock.acquire(blocking=False):
-                return
-            try:
-                q = self._outq
-                while q:
-                    if len(q) == 1:
-                        chunk = q.popleft()
-                    else:
-                        parts = []
-                        n = 0
-                        while q and n < (1 << 20):
-                            b = q.popleft()
-                            parts.append(b)
-                            n += len(b)
-                        chunk = b"".join(parts)
-                    try:
-                        self._sock.sendall(chunk)
-                    except OSError as e:
-                        q.clear()
-                        self._connection_broken(e)
-                        return
-            finally:
-                self._wlock.release()
+    # ----- checks
 
-    def _wake_writer(self):
-        with self._lock:
-            if self._writer is None:
-                self._writer_event = threading.Event()
-                self._writer = threading.Thread(target=self._write_loop, name="cgpool-writer", daemon=True)
-                self._writer.start()
-        self._writer_event.set()
+    def _check_process(self):
+        if self._pid != os.getpid():
+            raise RuntimeError(_FORKED % (self._kind, self._pid, os.getpid()))
 
-    def _write_loop(self):
-        while not self._finished.is_set():
-            self._writer_event.wait(1.0)
-            self._writer_event.clear()
-            if self._outq:
-                self._flush()
-
-    def _connection_broken(self, err):
-        try:
-            self._sock.shutdown(_socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _send_cancel(self, tid, mode):
-        if tid and not self._finished.is_set():
-            self._send(_proto.encode_frame({"type": "cancel", "id": tid, "mode": mode}))
+    def _check_open(self):
+        self._check_process()
+        if self._closed:
+            raise PoolClosed("The pool is closed. No more tasks can be submitted.")
+        if self._lost is not None:
+            raise SupervisorError("the connection to cgpool serve is lost: %s" % self._lost)
 
     # ----- submitting
 
@@ -486,40 +340,49 @@ class Executor(concurrent.futures.Executor):
         """Schedule ``fn(*args, **kwargs)`` and return a Future. See the class
         doc for the ``cgpool_*`` keywords. A function or argument that cannot
         be pickled fails the future (the pool is unaffected). Raises
-        PoolClosed after shutdown and ValueError for a negative priority."""
-        if kwargs and not kwargs.keys().isdisjoint(self._submit_keywords):
-            opts = {k: kwargs.pop(k) for k in self._submit_keywords if k in kwargs}
-            return self._submit(fn, args, kwargs, opts.get("cgpool_timeout"),
-                                opts.get("cgpool_priority") or 0, opts.get("cgpool_queue_timeout"),
-                                opts.get("cgpool_memory_max"), opts.get("cgpool_env"))
-        return self._submit(fn, args, kwargs)
+        PoolClosed after shutdown, TypeError and ValueError for a bad
+        option."""
+        if kwargs:
+            opts = None
+            for k in kwargs:
+                if k.startswith("cgpool_"):
+                    opts = {}
+                    break
+            if opts is not None:
+                for k in list(kwargs):
+                    if k.startswith("cgpool_"):
+                        if k not in SUBMIT_OPTIONS:
+                            raise TypeError("unknown submit option %s (the options are %s)"
+                                            % (k, ", ".join(SUBMIT_OPTIONS)))
+                        opts[k] = kwargs.pop(k)
+                return self._submit(fn, args, kwargs, opts)
+        return self._submit(fn, args, kwargs, None)
 
-    def _header(self, tid, timeout=None, priority=0, queue_timeout=None, memory_max=None, env=None):
-        if timeout is None and not priority and queue_timeout is None and not memory_max and not env:
-            return '{"type":"submit","id":%d,"pool":%s%s' % (tid, self._pool_json, self._submit_tail)
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise TypeError("priority must be an int, got %r" % (priority,))
-        if priority < 0:
-            raise ValueError("priority must be >= 0, but was %d" % priority)
-        h = {"type": "submit", "id": tid, "pool": self.pool_name, "priority": priority,
-             "timeout_ms": _ms(timeout, "timeout"), "queue_timeout_ms": _ms(queue_timeout, "queue timeout"),
-             "memory_max": int(memory_max or 0),
-             "env": {str(k): str(v) for k, v in (env or {}).items()}, "hold": self._hold}
-        return _proto.encode_header(_proto.canonical_header(h)).decode()
+    def _options_header(self, opts, names=None):
+        """The submit header's fields for per-task options, checked: a
+        format string taking the id. *names* maps option to the keyword the
+        caller used (for messages)."""
+        names = names or {}
 
-    def _check_open(self):
-        if self._closed:
-            raise PoolClosed("The pool is closed. No more tasks can be submitted.")
-        if self._lost is not None:
-            raise SupervisorError("the connection to cgpool serve is lost: %s" % self._lost)
+        def name(k):
+            return names.get(k, k)
+        h = {"type": "submit", "id": 0, "pool": self.pool_name,
+             "priority": check_priority(opts.get("cgpool_priority") or 0, name("cgpool_priority")),
+             "timeout_ms": seconds_ms(opts.get("cgpool_timeout"), name("cgpool_timeout")),
+             "queue_timeout_ms": seconds_ms(opts.get("cgpool_queue_timeout"), name("cgpool_queue_timeout")),
+             "memory_max": check_bytes(opts.get("cgpool_memory_max"), name("cgpool_memory_max")),
+             "env": check_env(opts.get("cgpool_env"), name("cgpool_env")),
+             "hold": self._hold, "affinity": self.affinity}
+        text = _proto.encode_header(_proto.canonical_header(h)).decode()
+        # "id":0 is dropped as a zero value: put the id back, first after type.
+        assert text.startswith('{"type":"submit",')
+        return '{"type":"submit","id":%d,' + text[len('{"type":"submit",'):].replace("%", "%%")
 
-    def _submit(self, fn, args, kwargs, timeout=None, priority=0, queue_timeout=None,
-                memory_max=None, env=None):
+    def _submit(self, fn, args, kwargs, opts, names=None):
         self._check_open()
         if self._env_snapshot is not None:
             self._sync_environ()
-        tid = next(self._ids)
-        header = self._header(tid, timeout, priority, queue_timeout, memory_max, env).encode()
+        head = self._options_header(opts, names) if opts else None
         fut = Future()
         try:
             data = _payload.encode_call(fn, args, kwargs, self._prep_blob)
@@ -530,122 +393,149 @@ class Executor(concurrent.futures.Executor):
             fut.set_exception(ValueError("the pickled task is too large (%d bytes > %d)"
                                          % (len(data), _proto.DEFAULT_MAX_PAYLOAD)))
             return fut
-        frame = _proto.PREFIX.pack(len(header), len(data)) + header + data
-        self._register(tid, fut, block=True)
-        self._send(frame)
+        conn, tid = self._register(fut)
+        header = ((head % tid) if head else (self._submit_head + str(tid) + self._submit_tail)).encode()
+        conn.send(_proto.PREFIX.pack(len(header), len(data)) + header + data)
         return fut
 
-    def _register(self, tid, fut, block):
-        fut._cg_id = tid
-        fut._cg_exec = self._weakself
+    def _register(self, fut):
+        """Wait for room in the backlog (pumping the connection instead when
+        called on its reader thread, where room comes from), then register
+        *fut* on the current connection. Returns ``(conn, id)``."""
         with self._lock:
-            if block and self.max_backlog and self._queued >= self.max_backlog \
-                    and threading.current_thread() is not self._reader:
-                self._room_waiters += 1
-                try:
-                    while self._queued >= self.max_backlog and not self._closed and self._lost is None:
-                        self._room.wait()
-                finally:
-                    self._room_waiters -= 1
-            if self._closed:
-                raise PoolClosed("The pool is closed. No more tasks can be submitted.")
-            if self._lost is not None:
-                raise SupervisorError("the connection to cgpool serve is lost: %s" % self._lost)
-            self._futures[tid] = fut
+            while True:
+                if self._closed:
+                    raise PoolClosed("The pool is closed. No more tasks can be submitted.")
+                if self._lost is not None:
+                    raise SupervisorError("the connection to cgpool serve is lost: %s" % self._lost)
+                conn = self._conn
+                if conn is None:  # a new private supervisor is starting
+                    self._room.wait()
+                    continue
+                if not self.max_backlog or self._queued < self.max_backlog:
+                    break
+                if conn.on_reader_thread():
+                    self._lock.release()
+                    try:
+                        conn.pump()
+                    finally:
+                        self._lock.acquire()
+                else:
+                    self._room.wait()
+            tid = next(self._ids)
+            fut._cg_task = (conn, tid)
+            fut._cg_queued = True
             self._queued += 1
-
-    @property
-    def _weakself(self):
-        ref = self.__dict__.get("_wref")
-        if ref is None:
-            ref = self.__dict__["_wref"] = weakref.ref(self)
-        return ref
+            self._futures[tid] = fut
+        return conn, tid
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
-        """Like Executor.map (results in order; *timeout* bounds the whole
-        iteration). Submissions go out in batches; *chunksize* is accepted
-        and ignored."""
+        """Like concurrent.futures' ``map``: results in order; *timeout*
+        bounds the whole iteration; with *chunksize* > 1 the inputs travel
+        in chunks of that many calls, one task each (as
+        ProcessPoolExecutor.map does: a long input goes much faster). The
+        submissions go out in batches. When the iterator is closed early, the
+        tasks not yet started are cancelled."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
         end = None if timeout is None else timeout + time.monotonic()
-        fs = self._submit_many(fn, zip(*iterables))
+        if chunksize == 1:
+            fs = self._submit_many(fn, zip(*iterables))
+        elif len(iterables) == 1:
+            fs = self._submit_many(_payload.call_chunk,
+                                   ((fn, chunk, False) for chunk in _chunks(iterables[0], chunksize)))
+        else:
+            fs = self._submit_many(_payload.call_chunk,
+                                   ((fn, chunk) for chunk in _chunks(zip(*iterables), chunksize)))
 
         def results():
             try:
                 fs.reverse()
                 while fs:
+                    f = fs.pop()
                     if end is None:
-                        yield _result(fs.pop())
+                        r = f.result()
                     else:
-                        yield _result(fs.pop(), end - time.monotonic())
+                        r = f.result(end - time.monotonic())
+                    del f
+                    if chunksize == 1:
+                        yield r
+                    else:
+                        yield from r
             finally:
-                for f in fs:
-                    f.cancel()
+                self._cancel_many(fs)
         return results()
 
     def _submit_many(self, fn, arglists):
         self._check_open()
         if self._env_snapshot is not None:
             self._sync_environ()
-        fs, batch = [], []
+        fs, batch, conn = [], [], None
+        head, tail, prep = self._submit_head, self._submit_tail, self._prep_blob
+        pack = _proto.PREFIX.pack
         try:
             for args in arglists:
-                tid = next(self._ids)
-                header = ('{"type":"submit","id":%d,"pool":%s%s' % (tid, self._pool_json, self._submit_tail)).encode()
                 fut = Future()
                 fs.append(fut)
                 try:
-                    data = _payload.encode_call(fn, args, {}, self._prep_blob)
+                    data = _payload.encode_call(fn, args, {}, prep)
                 except Exception as e:
                     fut.set_exception(_pickling_error(fn, e))
                     continue
                 full = self.max_backlog and self._queued >= self.max_backlog
                 if batch and (full or len(batch) >= _BATCH_FRAMES):
-                    self._send(b"".join(batch))
+                    conn.send(b"".join(batch))
                     batch = []
-                self._register(tid, fut, block=True)
-                batch.append(_proto.PREFIX.pack(len(header), len(data)) + header + data)
+                c, tid = self._register(fut)
+                if c is not conn and batch:
+                    conn.send(b"".join(batch))  # the old one is gone: its futures fail as lost
+                    batch = []
+                conn = c
+                header = (head + str(tid) + tail).encode()
+                batch.append(pack(len(header), len(data)) + header + data)
         finally:
             if batch:
-                self._send(b"".join(batch))
+                conn.send(b"".join(batch))
         return fs
 
-    # ----- reading
+    def _cancel_many(self, fs):
+        """Cancel the futures of *fs* that have not started, in one write
+        and one round trip."""
+        waits = []
+        for f in fs:
+            if f.done() or f._cg_started or f._cg_task is None:
+                continue
+            conn, tid = f._cg_task
+            if conn.pid != os.getpid() or conn.ended.is_set():
+                continue
+            try:
+                waits.append((f, conn, conn.request_async({"type": "cancel", "id": tid, "mode": "soft"},
+                                                          kind="cancel", flush=False)))
+            except SupervisorError:
+                break
+        for conn in {c for _, c, _ in waits}:
+            conn.flush()
+        for f, conn, w in waits:
+            try:
+                h = conn.wait(w, what="cancel")
+            except SupervisorError:
+                continue
+            if h.get("ok"):
+                f._end_cancelled()
 
-    def _read_loop(self):
-        self._reader_ident = threading.get_ident()
-        err = None
-        buf = self._early_buf
-        try:
-            for h, p in self._early:
-                self._dispatch(h, p)
-            self._early = None
-            recv = self._sock.recv
-            while True:
-                data = recv(262144)
-                if not data:
-                    break
-                buf.feed(data)
-                for h, p in buf.frames():
-                    self._dispatch(h, p)
-        except (OSError, _proto.FrameError, EOFError) as e:
-            err = e
-        except BaseException as e:  # a bug here must not hang every future
-            err = e
-            import traceback
-            traceback.print_exc()
-        self._connection_lost(err)
+    # ----- the reader thread's side
 
-    def _dispatch(self, h, payload):
+    def _on_frame(self, h, payload):
         t = h["type"]
-        tid = h.get("id", 0)
         if t == "accepted":
             return
+        tid = h.get("id", 0)
         if t == "running":
             fut = self._futures.get(tid)
             if fut is None:
                 return
             with self._lock:
                 self._started_locked(fut)
-            fut._mark_running()
             fut._set_pid(h.get("pid"), h.get("leaf"))
             return
         if t in _proto.FINAL_TYPES:
@@ -653,114 +543,151 @@ class Executor(concurrent.futures.Executor):
                 fut = self._futures.pop(tid, None)
                 if fut is None:
                     return
-                self._started_locked(fut)
+                if fut._cg_queued:
+                    fut._cg_queued = False
+                    self._queued -= 1
+                    self._room.notify()
                 done = self._closed and not self._futures
-            self._settle(fut, t, h, payload)
+            if t == "result":
+                fut._cg_started = True
+                try:
+                    value = pickle.loads(payload)
+                except BaseException as e:
+                    # As Deadpool: the error of unpickling, raised here.
+                    if hasattr(e, "add_note"):
+                        e.add_note("cgpool: raised while unpickling the task's result in the caller")
+                    fut._settle(exception=e)
+                else:
+                    fut._settle(value)
+            else:
+                _settle_outcome(fut, t, h, payload)
             if done:
                 self._begin_finish()
             return
-        if t == "cancel_reply":
-            return
-        req = self._requests.pop(tid, None) if tid else None
-        if req is not None:
-            req.header = h
-            req.event.set()
-            if tid == self._finish_id and t in ("ok", "error"):
-                self._end()
-            return
-        if t == "error":
-            print("cgpool: the supervisor reports: %s: %s" % (h.get("code"), h.get("message")),
-                  file=sys.stderr)
 
     def _started_locked(self, fut):
-        if not getattr(fut, "_cg_started", False):
-            fut._cg_started = True
+        fut._cg_started = True
+        if fut._cg_queued:
+            fut._cg_queued = False
             self._queued -= 1
-            if self._room_waiters:
-                self._room.notify()
+            self._room.notify()
 
-    def _settle(self, fut, t, h, payload):
-        if t == "result":
-            try:
-                value = pickle.loads(payload)
-            except BaseException as e:
-                fut._settle(exception=_errors.TaskError(
-                    "the task's result could not be unpickled here: %s: %s" % (type(e).__name__, e)))
-                return
-            fut._settle(value)
-        elif t == "task_error":
-            fut._settle(exception=_task_exception(h, payload))
-        elif t == "timeout":
-            fut._settle(exception=_errors.timeout_error_from(h))
-        elif t == "process_error":
-            fut._settle(exception=_errors.process_error_from(h))
-        elif t == "cancelled":
-            fut._finish_cancelled()
-        elif t == "queue_timeout":
-            fut._settle(exception=_errors.QueueTimeoutError(
-                "Task did not start within its queue timeout; it never ran"))
-        elif t == "rejected":
-            fut._settle(exception=_errors.rejected_error_from(h))
-
-    def _connection_lost(self, err):
-        """End of the connection: fail what is still open, wake everyone,
-        and stop the private supervisor."""
+    def _on_lost(self, conn, reason):
+        """The connection *conn* ended (on its reader thread). Expected (we
+        are finishing): nothing to do. Else the tasks it had in flight fail
+        as lost; a private Executor starts a new supervisor first and goes
+        on."""
         with self._lock:
-            expected = self._finishing
-            if not expected:
-                self._lost = "%s" % (err or "cgpool serve closed the connection")
+            if self._conn is not conn:
+                return
+            self._conn = None
             futs = list(self._futures.values())
             self._futures.clear()
-            reqs = list(self._requests.values())
-            self._requests.clear()
+            self._queued = 0
+            expected = reason is None or self._finishing
+            restart = not expected and self._server is not None and not self._closed \
+                and self._pid == os.getpid()
+            if not expected and not restart:
+                self._lost = reason
+            self._restarting = restart
             self._room.notify_all()
-        if futs:
-            why = self._lost or "the supervisor shut down"
-            if self._server is not None and self._server.proc is not None:
-                code = self._server.proc.poll()
-                if code is not None:
-                    why += " (cgpool serve exited with status %s)" % code
-                    out = self._server.output().strip()
-                    if out:
-                        why += "; its last output:\n" + out[-4000:]
-            for fut in futs:
-                fut._settle(exception=SupervisorError("the task's outcome is unknown: %s" % why))
-        for r in reqs:
-            r.event.set()
-        self._end()
+        why = reason or "the supervisor shut down"
+        old = self._server
+        if old is not None and old.proc is not None:
+            code = old.proc.poll()
+            if code is None and not expected:
+                try:
+                    code = old.proc.wait(timeout=1.0)
+                except Exception:
+                    code = None
+            if code is not None:
+                why += " (cgpool serve exited with status %s)" % code
+                out = old.output().strip()
+                if out:
+                    why += "; its last output:\n" + out[-4000:]
+        if restart:
+            old.close(timeout=2.0)
+            try:
+                server, new = self._start_private()
+            except Exception as e:
+                with self._lock:
+                    self._lost = "%s; and a new supervisor could not be started: %s" % (reason, e)
+                    self._restarting = False
+                    self._room.notify_all()
+                restart = False
+            else:
+                with self._lock:
+                    self._server, self._conn = server, new
+                    self._restarting = False
+                    self._room.notify_all()
+                new.start()
+                _log.warning("cgpool: the private supervisor (pid %s) went away: %s; started a new one "
+                             "(pid %s); %d task(s) in flight failed as lost",
+                             old.proc.pid if old.proc else "?", reason, server.proc.pid, len(futs))
+        for fut in futs:
+            started = fut._cg_started
+            fut._settle(exception=TaskLost(
+                "the task's outcome is lost: %s; it %s" % (why, "had started, and may have run in part or whole"
+                                                          if started else "had not started as far as the client knew"),
+                started=started))
+        if not restart:
+            self._end()
+        elif self._closed:
+            with self._lock:
+                empty = not self._futures
+            if empty:
+                self._begin_finish()
 
     # ----- requests
 
-    def _request(self, header, timeout=_REQUEST_TIMEOUT):
-        if threading.current_thread() is self._reader:
-            raise RuntimeError("this method waits for the supervisor and cannot run in a future's callback")
-        tid = next(self._ids)
-        header = dict(header, id=tid)
-        req = _Request()
+    def _request(self, header):
+        self._check_process()
         with self._lock:
-            if self._lost is not None or self._finished.is_set():
-                raise SupervisorError("the connection to cgpool serve is closed")
-            self._requests[tid] = req
-        self._send(_proto.encode_frame(_proto.canonical_header(header)))
-        if not req.event.wait(timeout):
-            with self._lock:
-                self._requests.pop(tid, None)
-            raise SupervisorError("cgpool serve did not answer %s within %gs" % (header["type"], timeout))
-        h = req.header
-        if h is None:
-            raise SupervisorError("the connection to cgpool serve was lost")
-        if h["type"] == "error":
-            raise SupervisorError("%s failed: %s: %s" % (header["type"], h.get("code"), h.get("message")))
-        return h
+            conn = self._conn
+        if conn is None or self._finished.is_set():
+            raise SupervisorError("the connection to cgpool serve is closed")
+        return conn.request(header)
+
+    def _stats(self):
+        """The supervisor's statistics document for the pool; after the
+        end, the last one (taken when the last task had finished)."""
+        self._check_process()
+        with self._lock:
+            conn = self._conn
+        if conn is not None and not self._finished.is_set():
+            try:
+                s = conn.request({"type": "stats", "pool": self.pool_name}).get("stats") or {}
+            except SupervisorError:
+                if self._last_stats is None or not (self._closed or self._finished.is_set()):
+                    raise
+            else:
+                if not self._finished.is_set():
+                    self._last_stats = s
+                return s
+        if self._last_stats is None:
+            raise SupervisorError("the connection to cgpool serve is closed and no statistics were taken")
+        return dict(self._last_stats)
 
     def get_statistics(self):
-        """The pool's statistics: Deadpool's eight keys (tasks_received,
-        tasks_launched, tasks_failed, worker_processes_created,
-        max_workers_busy_concurrently, worker_processes_still_alive,
-        worker_processes_idle, worker_processes_busy) plus cgpool's own."""
-        return self._request({"type": "stats", "pool": self.pool_name}).get("stats") or {}
+        """Deadpool's statistics, exactly its eight keys in its order:
+        tasks_received, tasks_launched, tasks_failed,
+        worker_processes_created, max_workers_busy_concurrently,
+        worker_processes_still_alive, worker_processes_busy,
+        worker_processes_idle. After shutdown: the final figures (no worker
+        is alive then). cgpool's other figures: cgpool_statistics()."""
+        s = self._stats()
+        return {k: int(s.get(k) or 0) for k in DEADPOOL_STATISTICS}
 
-    statistics = get_statistics
+    def cgpool_statistics(self):
+        """Every figure the supervisor keeps for the pool: Deadpool's eight
+        (see get_statistics) and cgpool's own: tasks_succeeded,
+        tasks_cancelled, tasks_rejected, tasks_queued, tasks_running,
+        failures_by_reason (task_error, timeout, queue_timeout, oom, killed,
+        crashed), leftover_processes_killed, workers_retired,
+        workers_trimmed, initializer_failures, worker_start_failures,
+        max_workers, min_workers (the supervisor's pool package documents
+        each). After shutdown: the final figures."""
+        return self._stats()
 
     def status(self):
         """The pool's workers as the supervisor sees them (pid, cgroup,
@@ -772,14 +699,18 @@ class Executor(concurrent.futures.Executor):
         if not force and current == self._env_snapshot:
             return
         self._env_snapshot = current
+        with self._lock:
+            conn = self._conn
+        if conn is None:
+            return  # a new supervisor starts with the current snapshot
         env = self._pool_env() if self._server is not None else {str(k): str(v) for k, v in current.items()}
-        frame = _proto.encode_frame({"type": "set_env", "id": next(self._ids), "pool": self.pool_name,
-                                     "env": env, "replace": self._server is not None})
-        self._send(frame)
+        conn.send(_proto.encode_frame({"type": "set_env", "id": next(self._ids), "pool": self.pool_name,
+                                       "env": env, "replace": self._server is not None}))
 
     def clear_workers(self):
         """Replace the pool's workers (idle ones now, busy ones after their
         task), so that a changed ``propagate_environ`` reaches all of them."""
+        self._check_process()
         if self._env_snapshot is not None:
             self._sync_environ()
         self._request({"type": "recycle", "pool": self.pool_name})
@@ -802,46 +733,68 @@ class Executor(concurrent.futures.Executor):
 
         With ``wait`` it returns once every task has ended and the private
         supervisor (if any) has stopped, its workers having run their
-        finalizers. Idempotent.
+        finalizers. Idempotent; a no-op in a forked child.
         """
+        if self._pid != os.getpid():
+            return
         with self._lock:
             self._closed = True
             self._room.notify_all()
             pending = list(self._futures.values())
-            empty = not self._futures
-        if cancel_futures or not wait:
+            empty = not self._futures and not self._restarting
+            conn = self._conn
+        if (cancel_futures or not wait) and conn is not None:
             frames = []
             for fut in pending:
-                if not getattr(fut, "_cg_started", False) and super(Future, fut).cancel():
-                    fut._notify_cancelled()
-                    frames.append(_proto.encode_frame({"type": "cancel", "id": fut._cg_id, "mode": "soft"}))
+                if fut.done():
+                    continue
+                if not fut._cg_started:
+                    frames.append(_proto.encode_frame({"type": "cancel", "id": fut._cg_task[1], "mode": "soft"}))
                 elif not wait and cancel_futures:
-                    frames.append(_proto.encode_frame({"type": "cancel", "id": fut._cg_id, "mode": "hard"}))
-            if frames and not self._finished.is_set():
-                self._send(b"".join(frames))
+                    frames.append(_proto.encode_frame({"type": "cancel", "id": fut._cg_task[1], "mode": "hard"}))
+            if frames:
+                conn.send(b"".join(frames))
         if empty:
             self._begin_finish()
         if wait:
-            concurrent.futures.wait(pending)
-            if not self._finished.wait(_REQUEST_TIMEOUT):
-                self._end()  # the supervisor did not answer: stop it the hard way
+            self._wait_finished(pending)
+
+    def _wait_finished(self, pending=None):
+        """Wait until every task has ended and the supervisor is done with."""
+        if pending is None:
+            with self._lock:
+                pending = list(self._futures.values())
+        concurrent.futures.wait(pending)
+        if not self._finished.wait(REQUEST_TIMEOUT):
+            self._end()  # the supervisor did not answer: stop it the hard way
 
     def _begin_finish(self):
-        """No task is open and no more will come: stop the supervisor (if
-        ours) gracefully, or close the connection to a shared one."""
+        """No task is open and no more will come: take the last statistics,
+        then stop the supervisor (if ours) gracefully, or close the
+        connection to a shared one. Never blocks."""
         with self._lock:
             if self._finishing:
                 return
             self._finishing = True
-        if self._server is None or self._lost is not None:
+            conn = self._conn
+        if conn is None or conn.ended.is_set():
             self._end()
             return
-        tid = next(self._ids)
-        req = _Request()
-        with self._lock:
-            self._requests[tid] = req
-            self._finish_id = tid
-        self._send(_proto.encode_frame({"type": "shutdown", "id": tid, "wait": True, "cancel_futures": True}))
+
+        def took_stats(h):
+            if h is not None and h.get("type") == "stats_reply":
+                self._last_stats = h.get("stats") or {}
+            if self._server is None:
+                self._end()
+
+        def stopped(h):
+            self._end()
+        try:
+            conn.request_async({"type": "stats", "pool": self.pool_name}, took_stats)
+            if self._server is not None:
+                conn.request_async({"type": "shutdown", "wait": True, "cancel_futures": True}, stopped)
+        except SupervisorError:
+            self._end()
 
     def _end(self):
         """Close the connection and stop the private supervisor. Idempotent;
@@ -851,25 +804,37 @@ class Executor(concurrent.futures.Executor):
                 return
             self._ending = True
             self._finishing = True
-        try:
-            self._sock.shutdown(_socket.SHUT_RDWR)
-        except OSError:
-            pass
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
         if self._server is not None:
             self._server.close()
-        if threading.current_thread() is not self._reader and self._reader is not None:
-            self._reader.join(timeout=5.0)
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+            if self._last_stats is not None:
+                # The private supervisor's workers are gone with it.
+                self._last_stats = dict(self._last_stats, **{k: 0 for k in _GAUGES})
         self._finished.set()
         _live.discard(self)
+
+    def _abandon(self):
+        """In a forked child (the at-fork hook): forget everything of the
+        parent's without touching it. Takes no lock."""
+        self._closed = True
+        self._finishing = True
+        conn = self._conn
+        if conn is not None:
+            conn.abandon()
+        if self._server is not None:
+            self._server.abandon()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc_val, exc_tb):
+        if self._pid != os.getpid():
+            return False
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._interrupted()
+            return False
         kwargs = {}
         if self.shutdown_wait is not None:
             kwargs["wait"] = self.shutdown_wait
@@ -878,12 +843,30 @@ class Executor(concurrent.futures.Executor):
         self.shutdown(**kwargs)
         return False
 
+    def _interrupted(self):
+        """A KeyboardInterrupt leaves the ``with`` block: cancel what is
+        queued and wait for what runs; a second Ctrl-C (at any point of
+        this, the message included) kills what runs."""
+        try:
+            self.shutdown(wait=False)  # the queued ones are cancelled, the running go on
+            with self._lock:
+                running = [f for f in self._futures.values() if f._cg_started]
+            if running:
+                print("cgpool: interrupted: queued tasks cancelled; waiting for %d running task(s) "
+                      "(Ctrl-C again kills them)" % len(running), file=sys.stderr, flush=True)
+            self._wait_finished()
+        except KeyboardInterrupt:
+            self.shutdown(wait=False, cancel_futures=True)
+            self._finished.wait(5.0)
+            raise
 
-def _result(fut, timeout=None):
-    try:
-        return fut.result(timeout)
-    finally:
-        del fut
+def _chunks(it, n):
+    it = iter(it)
+    while True:
+        chunk = tuple(itertools.islice(it, n))
+        if not chunk:
+            return
+        yield chunk
 
 
 def _pickling_error(fn, e):
@@ -895,7 +878,30 @@ def _pickling_error(fn, e):
     return err
 
 
+def _settle_outcome(fut, t, h, payload):
+    if t == "task_error":
+        fut._cg_started = True
+        fut._settle(exception=_task_exception(h, payload))
+    elif t == "timeout":
+        fut._settle(exception=_errors.timeout_error_from(h))
+    elif t == "process_error":
+        if h.get("reason") == "lost":
+            fut._settle(exception=_errors.task_lost_from(h, fut._cg_started))
+        else:
+            fut._settle(exception=_errors.process_error_from(h))
+    elif t == "cancelled":
+        fut._end_cancelled()
+    elif t == "queue_timeout":
+        fut._settle(exception=_errors.QueueTimeoutError(
+            "Task did not start within its queue timeout; it never ran"))
+    elif t == "rejected":
+        fut._settle(exception=_errors.rejected_error_from(h))
+
+
 def _task_exception(h, payload):
+    """The exception a task raised, as itself; if it cannot be unpickled
+    here, the error of unpickling it (as Deadpool), the task's traceback
+    attached as __cause__ either way."""
     tb = h.get("traceback") or ""
     message = h.get("message") or "the task raised an exception"
     exc = None
@@ -903,8 +909,9 @@ def _task_exception(h, payload):
         try:
             exc = pickle.loads(payload)
         except BaseException as e:
-            exc = _errors.TaskError("%s (its exception could not be unpickled here: %s: %s)"
-                                    % (message, type(e).__name__, e), tb)
+            exc = e
+            if hasattr(e, "add_note"):
+                e.add_note("cgpool: raised while unpickling the exception the task raised (%s)" % message)
     if not isinstance(exc, BaseException):
         exc = _errors.TaskError(message, tb)
     if tb:
@@ -912,17 +919,36 @@ def _task_exception(h, payload):
     return exc
 
 
-def _at_exit():
-    """At interpreter exit, finish what executors still have (as
-    concurrent.futures does): never-shut-down ones are shut down with wait;
-    ones shut down without wait get their wind-down."""
+def _after_fork_in_child():
+    global _live
     for ex in list(_live):
+        try:
+            ex._abandon()
+        except Exception:
+            pass
+    _live = weakref.WeakSet()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _at_exit():
+    """At interpreter exit, finish what executors of this process still
+    have (as concurrent.futures does): never-shut-down ones are shut down
+    with wait; ones shut down without wait get their wind-down. Bounded: a
+    second Ctrl-C ends them hard."""
+    for ex in list(_live):
+        if ex._pid != os.getpid():
+            continue
         try:
             if not ex._closed:
                 ex.shutdown(wait=True)
             else:
-                ex._finished.wait(_REQUEST_TIMEOUT)
+                ex._finished.wait(REQUEST_TIMEOUT)
                 ex._end()
+        except KeyboardInterrupt:
+            ex._end()
         except Exception:
             pass
 

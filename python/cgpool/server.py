@@ -7,21 +7,32 @@ Executor keeps the write end of that pipe for its lifetime, so if the Python
 process dies (even by SIGKILL) the kernel closes the pipe and nothing is
 left behind.
 
-The supervisor's stdout and stderr (and so the workers' output, which the
-supervisor sends to its stderr) share one pipe that a thread copies to this
-process's fd 2, keeping the last few kilobytes for error reports.
+The supervisor's stdout and stderr share one pipe that a thread copies to
+this process's fd 2, keeping the last few kilobytes for error reports.
+
+The workers write to this process's own stdout and stderr, as the workers of
+multiprocessing do: each worker, as it starts, connects to ``stdio.sock`` in
+the supervisor's directory (``CGPOOL_PY_STDIO``) and receives this process's
+fds 1 and 2 (SCM_RIGHTS), the same open files a forked child would inherit,
+so that ``print`` in a task lands where the caller's output goes, in order
+with it. A worker that cannot get them keeps the supervisor's stderr.
+
+Fork: everything here belongs to the process that started it; ``abandon``
+closes a forked child's copies of its descriptors, so that a child that
+outlives its parent never keeps the supervisor alive.
 """
 
 import json
 import os
 import shutil
+import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 from cgpool.errors import SupervisorError
+from cgpool.payload import ENV_STDIO
 
 _TAIL = 16 * 1024
 
@@ -43,9 +54,15 @@ def find_binary():
 
 
 def go_duration(seconds):
-    """Seconds as a Go duration string ("250ms")."""
-    ms = int(round(seconds * 1000))
-    return "%dms" % ms
+    """Seconds as a Go duration string ("250ms", "1500us"); a positive value
+    is never rounded down to 0 (which the supervisor reads as "the
+    default")."""
+    us = int(round(seconds * 1e6))
+    if seconds > 0:
+        us = max(us, 1)
+    if us % 1000 == 0:
+        return "%dms" % (us // 1000)
+    return "%dus" % us
 
 
 class PrivateServer:
@@ -56,13 +73,21 @@ class PrivateServer:
     its owner serialises calls.
     """
 
-    def __init__(self, pool_config, binary=None, ready_timeout=60.0, log_level="warn"):
+    def __init__(self, pool_config, binary=None, ready_timeout=60.0, log_level="warn", stdio=True):
         self.binary = binary or find_binary()
         _sweep_dead_dirs()
+        self.pid = os.getpid()
         self.dir = tempfile.mkdtemp(prefix="cgpool-py-%d-" % os.getpid())
         self.socket = os.path.join(self.dir, "cgpool.sock")
         self.config_path = os.path.join(self.dir, "config.json")
+        self._stdio = None
+        # Variables the pool's environment must keep (the Executor adds
+        # them to every set_env that replaces it).
+        self.env = {ENV_STDIO: os.path.join(self.dir, "stdio.sock")} if stdio else {}
+        pool_config = dict(pool_config, env=dict(pool_config.get("env") or {}, **self.env))
         self.config = {"socket": self.socket, "log_level": log_level, "pools": [pool_config]}
+        self._stdin_w = -1
+        self._out_r = -1
         self.ready_timeout = ready_timeout
         self.proc = None
         self._tail = bytearray()
@@ -74,19 +99,32 @@ class PrivateServer:
     def start(self):
         with open(self.config_path, "w") as f:
             json.dump(self.config, f)
+        env = self.config["pools"][0].get("env") or {}
+        if ENV_STDIO in env:
+            self._stdio = _StdioServer(env[ENV_STDIO])
         r, w = os.pipe()
+        # Our end of the supervisor's stdin is a bare fd, not a file
+        # object, so that a forked child can close its copy (abandon)
+        # without a lock that another thread may have held at the fork.
+        in_r, self._stdin_w = os.pipe()
+        os.set_inheritable(self._stdin_w, False)
         try:
             self.proc = subprocess.Popen(
                 [self.binary, "serve", "--config", self.config_path, "--exit-with-stdin", "--ready",
                  "--private-dir", self.dir],
-                stdin=subprocess.PIPE, stdout=w, stderr=w, close_fds=True,
+                stdin=in_r, stdout=w, stderr=w, close_fds=True,
                 start_new_session=True)
         except OSError as e:
-            os.close(r)
-            os.close(w)
+            for fd in (r, w, in_r, self._stdin_w):
+                os.close(fd)
+            self._stdin_w = -1
+            if self._stdio is not None:
+                self._stdio.close()
             self._cleanup_dir()
             raise SupervisorError("could not start %s: %s" % (self.binary, e)) from e
         os.close(w)
+        os.close(in_r)
+        self._out_r = r
         self._drain = threading.Thread(target=self._copy_output, args=(r,), name="cgpool-serve-output", daemon=True)
         self._drain.start()
         deadline = time.monotonic() + self.ready_timeout
@@ -147,6 +185,7 @@ class PrivateServer:
                     except OSError:
                         pass
         finally:
+            self._out_r = -1
             os.close(fd)
             if held:
                 self._keep(held)
@@ -165,10 +204,10 @@ class PrivateServer:
 
     def close_stdin(self):
         """Tell the supervisor to end everything (end of file on its stdin)."""
-        p = self.proc
-        if p is not None and p.stdin is not None and not p.stdin.closed:
+        fd, self._stdin_w = self._stdin_w, -1
+        if fd >= 0:
             try:
-                p.stdin.close()
+                os.close(fd)
             except OSError:
                 pass
 
@@ -185,11 +224,90 @@ class PrivateServer:
                 code = self.proc.wait()
         if self._drain is not None and self._drain is not threading.current_thread():
             self._drain.join(timeout=2.0)
+        if self._stdio is not None:
+            self._stdio.close()
         self._cleanup_dir()
         return code
 
+    def abandon(self):
+        """In a forked child: close the child's copies of our descriptors
+        (the supervisor's stdin, its output pipe, the stdio socket) and
+        nothing else. Takes no lock."""
+        for name in ("_stdin_w", "_out_r"):
+            fd = getattr(self, name)
+            setattr(self, name, -1)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if self._stdio is not None:
+            self._stdio.abandon()
+        if self.proc is not None:
+            # Not this process's child: never wait for it here, nor warn
+            # (Popen.__del__) that it still runs.
+            self.proc.returncode = 0
+        self._drain = None
+
     def _cleanup_dir(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _StdioServer:
+    """Hands this process's stdout and stderr to each worker that asks
+    (a unix socket in the private directory, mode 0700: only this user can
+    connect). One daemon thread accepts; each answer is one sendmsg."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(64)
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="cgpool-stdio", daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            try:
+                fds = [fd for fd in (1, 2) if _fd_open(fd)]
+                if len(fds) == 2:
+                    socket.send_fds(conn, [b"12"], fds)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self):
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept() (Linux)
+        except OSError:
+            pass
+        self.sock.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+
+    def abandon(self):
+        self._closed = True
+        try:
+            os.close(self.sock.detach())
+        except OSError:
+            pass
+
+
+def _fd_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
 
 
 def _sweep_dead_dirs():

@@ -18,6 +18,7 @@ clock.
 """
 
 import atexit
+import collections
 import ctypes
 import gc
 import os
@@ -38,6 +39,12 @@ MAX_MESSAGE = 8 * 1024
 MAX_TRACEBACK = 40 * 1024
 _old_main_modules = []
 
+# The caller's main module while this worker imports it (else None): a pool
+# started then is refused (cgpool.executor._check_not_importing_main), so a
+# script without an ``if __name__ == "__main__":`` guard can never start
+# pools recursively.
+importing_main = None
+
 
 def _fixup_main_from_name(mod_name):
     current = sys.modules["__main__"]
@@ -45,44 +52,101 @@ def _fixup_main_from_name(mod_name):
         return
     if getattr(getattr(current, "__spec__", None), "name", None) == mod_name:
         return
-    _old_main_modules.append(current)
+    import importlib.util
+    spec = importlib.util.find_spec(mod_name)
+    if spec is None or spec.loader is None or not hasattr(spec.loader, "get_code"):
+        raise ImportError("cannot find the main module %s" % mod_name)
+    code = spec.loader.get_code(mod_name)
     module = types.ModuleType("__mp_main__")
-    module.__dict__.update(runpy.run_module(mod_name, run_name="__mp_main__", alter_sys=True))
-    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+    module.__dict__.update(__spec__=spec, __file__=spec.origin, __cached__=spec.cached,
+                           __loader__=spec.loader, __package__=spec.parent)
+    _run_main(current, module, code)
 
 
 def _fixup_main_from_path(main_path):
     current = sys.modules["__main__"]
     if getattr(current, "__file__", None) == main_path:
         return
-    _old_main_modules.append(current)
+    if not os.path.isfile(main_path):
+        # A directory or zip application: runpy knows those.
+        _old_main_modules.append(current)
+        module = types.ModuleType("__mp_main__")
+        module.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+        return
+    with open(main_path, "rb") as f:
+        source = f.read()
+    code = compile(source, main_path, "exec")
     module = types.ModuleType("__mp_main__")
-    module.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
+    module.__dict__.update(__file__=main_path, __cached__=None, __loader__=None, __package__=None,
+                           __spec__=None)
+    _run_main(current, module, code)
+
+
+def _run_main(current, module, code):
+    """Run the caller's main module's code as ``__mp_main__`` (as
+    multiprocessing.spawn does) and make it ``__main__``. Unlike runpy, what
+    the code defined before an exception stops it is kept: a script that
+    starts its pool at the top level, without an ``if __name__ ==
+    "__main__":`` guard, is stopped there (the pool is refused) and its
+    functions defined above that line still run as tasks. The exception is
+    raised on."""
+    _old_main_modules.append(current)
+    module.__dict__["__builtins__"] = __builtins__
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+    exec(code, module.__dict__)
 
 
 class _State:
     prepared = False
     finalizer = None
+    main_error = None  # what importing the caller's main module raised
 
 
 def prepare(data):
-    """Apply a caller's preparation data once (see payload.preparation_data)."""
+    """Apply a caller's preparation data once, as multiprocessing.spawn's
+    prepare does: its ``sys.argv``, ``sys.path`` (the caller's entries
+    first, then this interpreter's own that it lacks) and working
+    directory, then import its main module as ``__mp_main__``. If that
+    import raises, the error is kept (``_State.main_error``): a task that
+    then cannot be unpickled fails with it, the cause, rather than with
+    "Can't get attribute"."""
+    global importing_main
     if _State.prepared:
         return
     _State.prepared = True
-    seen = set(sys.path)
-    sys.path[:0] = [p for p in data.get("sys_path", ()) if p not in seen]
+    if "sys_argv" in data:
+        sys.argv = list(data["sys_argv"])
+    if "sys_path" in data:
+        theirs = list(data["sys_path"])
+        seen = set(theirs)
+        sys.path[:] = theirs + [p for p in sys.path if p not in seen]
     cwd = data.get("cwd")
     if cwd and os.path.isdir(cwd):
         try:
             os.chdir(cwd)
         except OSError:
             pass
-    if data.get("main_name"):
-        _fixup_main_from_name(data["main_name"])
-    elif data.get("main_path"):
-        _fixup_main_from_path(data["main_path"])
+    main = data.get("main_name") or data.get("main_path")
+    if not main:
+        return
+    importing_main = main
+    try:
+        if data.get("main_name"):
+            _fixup_main_from_name(data["main_name"])
+        else:
+            _fixup_main_from_path(data["main_path"])
+    except BaseException as e:
+        # Kept: a task whose function cannot be found then fails with this,
+        # the cause. A refused pool (no main guard) is said there, once, by
+        # the caller's future; anything else is worth a line here too.
+        _State.main_error = e
+        from cgpool.errors import MainGuardError
+        if not isinstance(e, MainGuardError):
+            print("cgpool.worker %d: importing the main module %s failed: %s"
+                  % (os.getpid(), main, describe(e)[0]), file=sys.stderr)
+    finally:
+        importing_main = None
 
 
 def _short(text, limit):
@@ -106,16 +170,18 @@ def describe(exc):
 
 
 def error_frame(tid, exc):
-    """The task_error frame for an exception a task raised."""
-    from cgpool.errors import TaskError
+    """The task_error frame for an exception a task raised. One that cannot
+    be pickled travels as a TaskError (a ProcessError) with Deadpool's text,
+    the original and why; one that pickles is sent as it is (whether the
+    caller can unpickle it is the caller's to find out, as in Deadpool)."""
+    from cgpool.errors import TaskError, unpicklable_exception_text
     message, tb = describe(exc)
     try:
         blob = _payload.dumps(exc)
-        pickle.loads(blob)  # what cannot come back is better reported now
     except BaseException as pe:
-        pmsg, _ = describe(pe)
-        message = "%s (the exception could not be sent back as itself: %s)" % (message, pmsg)
-        blob = _payload.dumps(TaskError(message, tb))
+        why = describe(pe)[0]
+        blob = _payload.dumps(TaskError(unpicklable_exception_text(message, tb, why), tb))
+        message = "%s (the exception could not be pickled: %s)" % (message, why)
     if len(blob) > _proto.DEFAULT_MAX_PAYLOAD:
         blob = _payload.dumps(TaskError(message + " (the exception was too large to send back)", tb))
     return _encode({"type": "task_error", "id": tid, "message": message, "traceback": tb}, blob)
@@ -142,10 +208,15 @@ def run_task(h, data):
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
     try:
-        prep, body = _payload.split_call(data)
-        if prep is not None and not _State.prepared:
-            prepare(pickle.loads(prep))
-        fn, args, kwargs = pickle.loads(body)
+        try:
+            prep, body = _payload.split_call(data)
+            if prep is not None and not _State.prepared:
+                prepare(pickle.loads(prep))
+            fn, args, kwargs = pickle.loads(body)
+        except BaseException as e:
+            # What the import of the caller's main raised explains why its
+            # function cannot be found here: say that instead.
+            return error_frame(tid, _State.main_error if _State.main_error is not None else e)
         del data, body
         result = fn(*args, **kwargs)
     except BaseException as e:
@@ -170,8 +241,8 @@ def run_task(h, data):
         return error_frame(tid, pickle.PicklingError(
             "the result of %s is too large to send back (%d bytes > %d)"
             % (_name(fn), len(blob), _proto.DEFAULT_MAX_PAYLOAD)))
-    return _proto.PREFIX.pack(len(b'{"type":"result","id":%d}' % tid), len(blob)) + \
-        (b'{"type":"result","id":%d}' % tid) + blob
+    head = b'{"type":"result","id":%d}' % tid
+    return _proto.PREFIX.pack(len(head), len(blob)) + head + blob
 
 
 def _name(fn):
@@ -205,17 +276,44 @@ def trim():
         pass
 
 
+def _take_stdio(path):
+    """Write to the caller's own stdout and stderr: it hands them over on a
+    unix socket (cgpool.server's _StdioServer), the same open files a
+    forked child inherits. Keeps the supervisor's on any failure."""
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(5.0)
+            s.connect(path)
+            _, fds, _, _ = socket.recv_fds(s, 16, 2)
+        finally:
+            s.close()
+    except (OSError, AttributeError):
+        return
+    try:
+        if len(fds) == 2:
+            _flush_stdio()
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _startup():
-    """Import the caller's main, run the initializer; return the init error
-    text ("" if none). Start-up data leaves the environment, so that a nested
-    Executor started by a task does not inherit this pool's initializer."""
+    """Take the caller's stdio, import its main, run the initializer;
+    return the initializer's error text ("" if none). Start-up data leaves
+    the environment, so that a nested Executor started by a task does not
+    inherit this pool's initializer."""
     errors = []
     blobs = {k: os.environ.pop(k, None) for k in _payload.ENV_KEYS}
+    if blobs[_payload.ENV_STDIO]:
+        _take_stdio(blobs[_payload.ENV_STDIO])
     try:
         if blobs[_payload.ENV_MAIN]:
             prepare(_payload.decode_env_blob(blobs[_payload.ENV_MAIN]))
     except BaseException as e:
-        errors.append("importing the main module: %s" % describe(e)[0])
+        errors.append("reading the preparation data: %s" % describe(e)[0])
         traceback.print_exc()
     try:
         if blobs[_payload.ENV_FINAL]:
@@ -284,13 +382,22 @@ def serve(sock):
         hello["init_error"] = _short(init_error, MAX_MESSAGE)
     sock.sendall(_encode(hello))
     _watch_supervisor(sock.fileno())
-    rfile = sock.makefile("rb", buffering=1 << 16)
+    # One recv usually holds the whole task; FrameBuffer parses the Go
+    # encoder's task header without the JSON parser. 64 KiB reads stay
+    # below malloc's mmap threshold.
+    buf = _proto.FrameBuffer()
+    pending = collections.deque()
+    recv = sock.recv
     while True:
-        frame = _proto.read_frame(rfile)
-        if frame is None:
-            _flush_stdio()
-            os._exit(0)  # the supervisor is gone
-        h, data = frame
+        while not pending:
+            chunk = recv(65536)
+            if not chunk:
+                _flush_stdio()
+                os._exit(0)  # the supervisor is gone
+            buf.feed(chunk)
+            pending.extend(buf.frames())
+            buf.compact()
+        h, data = pending.popleft()
         t = h["type"]
         if t == "task":
             reply = run_task(h, data)

@@ -50,6 +50,18 @@ class Messages(unittest.TestCase):
         self.assertIn("512.0 MiB", str(e))
         self.assertEqual(e.memory_peak, 536870912)
 
+    def test_process_error_lost(self):
+        # The supervisor's "lost" (an internal error, docs/protocol.md) is a
+        # TaskLost, not a worker's death.
+        fut = cgpool.Future()
+        fut._cg_started = True
+        executor._settle_outcome(fut, "process_error", {"type": "process_error", "id": 1, "reason": "lost",
+                                                        "message": "slot panicked"}, b"")
+        e = fut.exception(timeout=0)
+        self.assertIs(type(e), errors.TaskLost)
+        self.assertTrue(e.started)
+        self.assertIn("lost it to an internal error (slot panicked)", str(e))
+
     def test_process_error_crashed_exit_code(self):
         e = errors.process_error_from({"type": "process_error", "pid": 7, "reason": "crashed", "exit_code": 3,
                                        "message": "worker exited"})
@@ -89,9 +101,11 @@ class Messages(unittest.TestCase):
         self.assertIsInstance(exc, ValueError)
         self.assertIsInstance(exc.__cause__, errors.RemoteTraceback)
         self.assertIn("Traceback...", str(exc.__cause__))
+        # An exception that cannot be unpickled here: the error of
+        # unpickling it, as Deadpool gives, with the task's traceback.
         exc = executor._task_exception({"type": "task_error", "message": "Foo: y", "traceback": "tb"}, b"junk")
-        self.assertIsInstance(exc, errors.TaskError)
-        self.assertIn("Foo: y", str(exc))
+        self.assertIsInstance(exc, pickle.UnpicklingError)
+        self.assertIn("tb", str(exc.__cause__))
         exc = executor._task_exception({"type": "task_error", "message": "Foo: z"}, b"")
         self.assertIsInstance(exc, errors.TaskError)
 
@@ -105,36 +119,42 @@ class Messages(unittest.TestCase):
 
 
 class FutureSemantics(unittest.TestCase):
+    """The transitions a Future goes through, driven as the reader thread
+    drives them, through the public concurrent.futures API only."""
+
     def test_cancel_pending_is_seen_by_as_completed(self):
         f = cgpool.Future()
         self.assertTrue(f.cancel())
         self.assertTrue(f.cancelled())
         self.assertEqual(list(concurrent.futures.as_completed([f], timeout=1)), [f])
-        f._finish_cancelled()   # the supervisor's late word changes nothing
+        self.assertTrue(f._end_cancelled())   # the supervisor's late word changes nothing
         f._settle(1)
         self.assertTrue(f.cancelled())
 
     def test_cancel_running_returns_false(self):
         f = cgpool.Future()
-        f._mark_running()
+        f._cg_started = True
         self.assertTrue(f.running())
+        self.assertIn("state=running", repr(f))
         self.assertFalse(f.cancel())
         f._settle(5)
         self.assertEqual(f.result(), 5)
+        self.assertFalse(f.running())
 
     def test_hard_cancel_of_running_future(self):
         f = cgpool.Future()
-        f._mark_running()
+        f._cg_started = True
         seen = []
         f.add_done_callback(seen.append)
         waiter = concurrent.futures.wait([f], timeout=0)
         self.assertEqual(waiter.done, set())
-        f._finish_cancelled()
+        self.assertTrue(f._end_cancelled())
         self.assertTrue(f.cancelled())
         self.assertEqual(seen, [f])
         self.assertEqual(list(concurrent.futures.as_completed([f], timeout=1)), [f])
         with self.assertRaises(concurrent.futures.CancelledError):
             f.result()
+        self.assertTrue(f._end_cancelled())  # twice: no "unexpected state" error
 
     def test_pid_callbacks(self):
         f = cgpool.Future()

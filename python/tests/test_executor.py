@@ -100,19 +100,24 @@ class Shared(unittest.TestCase):
                     "worker_processes_idle", "worker_processes_busy"):
             self.assertIsInstance(stats[key], int, key)
 
-    def test_request_from_callback_refused(self):
-        errs = []
+    def test_request_from_callback(self):
+        # A callback runs on the reader thread; a request made there is
+        # served by that thread meanwhile (no deadlock, no refusal).
+        got = []
         done = threading.Event()
 
         def cb(f):
             try:
-                self.ex.get_statistics()
-            except RuntimeError as e:
-                errs.append(e)
+                got.append(self.ex.get_statistics()["tasks_received"])
+                g = self.ex.submit(workerfns.sleep_return, 5, 0)
+                got.append(g.cancel())
+            except BaseException as e:
+                got.append(e)
             done.set()
         self.ex.submit(workerfns.add, 1, 1).add_done_callback(cb)
         self.assertTrue(done.wait(30))
-        self.assertEqual(len(errs), 1)
+        self.assertIsInstance(got[0], int, got)
+        self.assertIn(got[1], (True, False), got)
 
     def test_submit_from_callback(self):
         results = []
@@ -296,24 +301,42 @@ class Lifecycle(unittest.TestCase):
             env["PROP"] = "two"
             self.assertEqual(exe.submit(workerfns.environ_item, "PROP").result(timeout=30), "two")
 
-    def test_supervisor_death_fails_open_futures(self):
+    def test_supervisor_death_fails_in_flight_and_goes_on(self):
+        # Issue 9: an Executor whose private supervisor dies starts a new
+        # one, fails only the tasks in flight (as lost, with the reason),
+        # and goes on.
         ex = cgpool.Executor(max_workers=1)
+        fut = None
         try:
             fut = ex.submit(workerfns.sleep_return, 30, 0)
+            queued = ex.submit(workerfns.add, 1, 1)
             support.wait_until(fut.running, timeout=30, what="running")
-            ex._server.proc.kill()
-            with self.assertRaises(cgpool.SupervisorError) as cm:
-                fut.result(timeout=30)
-            self.assertIn("outcome is unknown", str(cm.exception))
-            with self.assertRaises(cgpool.SupervisorError):
-                ex.submit(workerfns.add, 1, 1)
-            # The worker notices its supervisor is gone and exits at once.
+            old = ex._server.proc.pid
+            with self.assertLogs("cgpool", "WARNING") as logs:
+                ex._server.proc.kill()
+                with self.assertRaises(cgpool.TaskLost) as cm:
+                    fut.result(timeout=30)
+                self.assertIsInstance(cm.exception, cgpool.SupervisorError)
+                self.assertTrue(cm.exception.started)
+                self.assertIn("outcome is lost", str(cm.exception))
+                self.assertIn("exited with status -9", str(cm.exception))
+                with self.assertRaises(cgpool.TaskLost) as cm:
+                    queued.result(timeout=30)
+                self.assertFalse(cm.exception.started)
+                # Later tasks run on a new supervisor.
+                self.assertEqual(ex.submit(workerfns.add, 2, 3).result(timeout=60), 5)
+                self.assertEqual(list(ex.map(workerfns.add, [1, 2], [3, 4])), [4, 6])
+            self.assertNotEqual(ex._server.proc.pid, old)
+            self.assertEqual(len(logs.output), 1, logs.output)
+            self.assertIn("started a new one", logs.output[0])
+            # The worker of the dead one noticed and exited at once.
             support.wait_until(lambda: not support.pid_alive(fut.pid), timeout=10, what="orphaned worker gone")
+            self.assertEqual(ex.get_statistics()["tasks_received"], 3)  # the new one counts from 0
         finally:
             ex.shutdown()
             # A SIGKILLed supervisor cannot remove its cgroups: this test
             # caused them, so it removes them.
-            leaf = support.leaf_dir(fut.leaf)
+            leaf = support.leaf_dir(fut.leaf) if fut is not None else None
             if leaf:
                 support.remove_cgroup_tree(os.path.dirname(os.path.dirname(os.path.dirname(leaf))))
 

@@ -138,16 +138,25 @@ class WorkerProtocol(unittest.TestCase):
         reply, data = w.task(workerfns.raise_unpicklable)
         self.assertEqual(reply["type"], "task_error")
         self.assertIn("original text", reply["message"])
-        self.assertIn("could not be sent back", reply["message"])
+        self.assertIn("could not be pickled", reply["message"])
         exc = pickle.loads(data)
+        # Deadpool's type and sentence for an exception that cannot be pickled.
         self.assertIsInstance(exc, errors.TaskError)
+        self.assertIsInstance(exc, errors.ProcessError)
+        self.assertTrue(str(exc).startswith("An exception occurred but pickling it failed."), str(exc))
+        self.assertIn("original text", str(exc))
+        self.assertIn("this exception refuses to be pickled", str(exc))
         self.assertIn("raise_unpicklable", exc.traceback)
 
     def test_exception_that_fails_to_unpickle(self):
+        # The worker sends it as it is: unpickling it is the caller's (and
+        # fails there with the unpickling error, as in Deadpool).
         w, _ = self.start()
         reply, data = w.task(workerfns.raise_bad_unpickle)
-        self.assertIn("failed to unpickle", reply["message"])
-        self.assertIsInstance(pickle.loads(data), errors.TaskError)
+        self.assertIn("BadUnpickle", reply["message"])
+        with self.assertRaises(ValueError) as cm:
+            pickle.loads(data)
+        self.assertIn("failed to unpickle", str(cm.exception))
 
     def test_bad_payload_is_a_task_error(self):
         w, _ = self.start()

@@ -162,3 +162,96 @@ def record_pid_and_sleep(t):
 
 def signal_number(name):
     return int(getattr(signal, name))
+
+
+# Deadpool's tests/test_deadpool.py exceptions (test_bad_exception), as
+# they are there.
+class MyBadException(Exception):
+    def __init__(self, a, b, c):
+        self.a = a
+        self.b = b
+        self.c = c
+
+
+class MyBadExceptionSetState(Exception):
+    def __init__(self, a, b, c):
+        self.a = a
+        self.b = b
+        self.c = c
+
+    def __setstate__(self, d):
+        raise ValueError("I failed to unpickle")
+
+
+class MyBadExceptionReduce(Exception):
+    def __init__(self, a, b, c):
+        self.a = a
+        self.b = b
+        self.c = c
+
+    def __reduce__(self):
+        return None
+
+
+class MyBadExceptionReduceRaise(Exception):
+    def __init__(self, a, b, c):
+        self.a = a
+        self.b = b
+        self.c = c
+
+    def __reduce__(self):
+        raise ValueError("I failed to pickle")
+
+
+def raise_custom_exception(exc_class):
+    raise exc_class(1, 2, 3)
+
+
+class BadResult:
+    """Pickles in the worker, fails to unpickle in the caller."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def _refuse():
+    raise ValueError("this result refuses to be unpickled")
+
+
+def bad_result():
+    return BadResult()
+
+
+def touch(path):
+    """Create *path*: the task's proof that it ran."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    return path
+
+
+def nested_billiard(n):
+    """A billiard pool (Celery's) inside a task: n tasks on 2 billiard
+    workers, then close() and join().
+
+    Not `with pool:` (terminate()) nor map(), whose two defects in billiard
+    4.1 show the same in a plain interpreter and under ProcessPoolExecutor
+    as under cgpool (python/bench/billiard_nested.py):
+    - terminate() takes the inqueue's read lock in the parent
+      (_help_stuff_finish) and never gives it back, then SIGTERMs the
+      workers and relies on billiard's handler (sys.exit) to get a worker
+      out of its blocking acquire of that lock. A SIGTERM that lands after
+      CPython's signal check and before the sem_wait call only sets the
+      flag: the worker sleeps in sem_wait for good and the parent's join()
+      with it (gdb on one such worker under ProcessPoolExecutor: in
+      sem_wait; made to run Python code, it ran the pending handler and
+      exited at once with status 15, billiard's sys.exit(-(256-15)));
+    - map() credits one worker with a job's results
+      (next(iter(item.worker_pids()))), so the other waits 300 x 0.1 s in
+      _ensure_messages_consumed before it exits."""
+    import billiard
+    pool = billiard.Pool(2)
+    try:
+        return sum(r.get(timeout=60) for r in [pool.apply_async(abs, (-i,)) for i in range(1, n + 1)])
+    finally:
+        pool.close()
+        pool.join()

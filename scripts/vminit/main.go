@@ -27,6 +27,15 @@
 // to do anything unless it runs as PID 1, so that running it by mistake on a
 // host can neither mount over nor power off that host.
 //
+// With --systemd it is instead the test runner of
+// scripts/systemd-vm-test.sh's VM, where systemd is PID 1 and vminit runs
+// as a service (cgpool-vmtest.service): it mounts nothing (systemd did),
+// runs the binaries in /usr/local/lib/cgpool-vmtest/tests with their
+// directories below .../src, leaves other processes alone (they are
+// systemd's), and prints and powers off the same way. It refuses to run
+// unless PID 1 is systemd and the kernel command line has
+// cgpool.systemd-vm=1, which no ordinary host's has.
+//
 // It uses only the standard library and golang.org/x/sys/unix and must be
 // built with CGO_ENABLED=0: the initramfs has no C library.
 package main
@@ -53,9 +62,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Where the test binaries and their working directories are; --systemd
+// moves them below /usr/local/lib/cgpool-vmtest.
+var (
+	testsDir = "/tests"
+	srcDir   = "/src"
+	// underSystemd: --systemd mode (see the package comment).
+	underSystemd bool
+)
+
 const (
-	testsDir   = "/tests"
-	srcDir     = "/src"
 	cgroupRoot = "/sys/fs/cgroup"
 
 	// defaultTimeout is the per-binary -test.timeout when the kernel command
@@ -80,11 +96,21 @@ var testEnv = []string{
 }
 
 func main() {
-	if os.Getpid() != 1 {
+	if len(os.Args) == 2 && os.Args[1] == "--systemd" {
+		if err := checkSystemdVM(); err != nil {
+			fmt.Fprintln(os.Stderr, "vminit --systemd:", err)
+			os.Exit(2)
+		}
+		underSystemd = true
+		testsDir, srcDir = "/usr/local/lib/cgpool-vmtest/tests", "/usr/local/lib/cgpool-vmtest/src"
+		testEnv = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, testEnv[1:]...)
+	} else if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "vminit: not PID 1; this is the /init of the cgpool test VM (see scripts/vm-test.sh), refusing to run")
 		os.Exit(2)
 	}
-	fixStdio()
+	if !underSystemd {
+		fixStdio()
+	}
 	con := &console{w: os.Stdout}
 	var sum summary
 	err := func() (err error) {
@@ -166,9 +192,27 @@ func fixStdio() {
 	}
 }
 
-func run(con *console, sum *summary) error {
-	if err := setupMounts(); err != nil {
+// checkSystemdVM refuses --systemd anywhere but the systemd test VM.
+func checkSystemdVM() error {
+	comm, err := os.ReadFile("/proc/1/comm")
+	if err != nil || strings.TrimSpace(string(comm)) != "systemd" {
+		return fmt.Errorf("PID 1 is not systemd (%q, %v); this runs only in scripts/systemd-vm-test.sh's VM", comm, err)
+	}
+	raw, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
 		return err
+	}
+	if _, ok := parseCmdline(string(raw))["cgpool.systemd-vm"]; !ok {
+		return errors.New("the kernel command line has no cgpool.systemd-vm=1; this runs only in scripts/systemd-vm-test.sh's VM")
+	}
+	return nil
+}
+
+func run(con *console, sum *summary) error {
+	if !underSystemd { // else systemd mounted everything, as on any host
+		if err := setupMounts(); err != nil {
+			return err
+		}
 	}
 	// Kernel messages (OOM kills, warnings) would otherwise be written to the
 	// serial port by the kernel itself, possibly in the middle of one of our
@@ -512,7 +556,10 @@ func runBinary(con *console, cfg config, bin string) []result {
 
 	// Processes the tests left behind (orphans now children of PID 1) may
 	// still hold the pipe open and would interfere with the next binary.
-	left := killLeftovers()
+	left := 0
+	if !underSystemd { // under systemd, every other process is systemd's
+		left = killLeftovers()
+	}
 	select {
 	case <-readDone:
 	case <-time.After(drainTimeout):
