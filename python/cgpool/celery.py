@@ -506,6 +506,7 @@ class TaskPool(BasePool):
         self._submitted = set()           # jobs given to an Executor, not finished
         self._want = None
         self._ahead = 0
+        self._limit = 0                   # tasks at once (Celery's limit, then grow/shrink)
         self._running = 0                 # submitted and not finished
         self._by_pid = {}
         self._ex = None
@@ -542,7 +543,7 @@ class TaskPool(BasePool):
             opts["pool"] = self._conf("cgpool_pool")
             return opts
         opts["max_workers"] = size
-        opts["min_workers"] = min(size, self.limit or size)
+        opts["min_workers"] = min(size, self._limit or self.limit or size)  # the current limit (grow)
         opts["spare_workers"] = int(self._conf("cgpool_spare_workers", 1))
         mtpc = self.options.get("maxtasksperchild")
         if mtpc:
@@ -608,6 +609,11 @@ class TaskPool(BasePool):
             fut.result(timeout=120)
         except Exception as e:
             raise RuntimeError("cgpool.celery: the cgpool worker could not start the Celery app: %s" % e) from e
+        if not self._socket and self.options.get("maxtasksperchild"):
+            # The probe counted as a task of the worker that ran it: replace
+            # the workers, so each starts its max_tasks_per_child afresh
+            # (prefork's child initializer is not a task either).
+            ex.clear_workers()
 
     def did_start_ok(self):
         return self._ex is not None

@@ -13,6 +13,7 @@ real ``celery worker`` processes, each started by us and stopped by pid.
   lists every process it started, so a test can check that none is left.
 """
 
+import atexit
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ HERE = support.HERE
 
 
 def celery_reason():
+    if os.environ.get("CGPOOL_SKIP_CELERY"):
+        return "CGPOOL_SKIP_CELERY is set (.ci/run runs the Celery tests in a tier of their own)"
     try:
         import celery  # noqa: F401
         import redis  # noqa: F401
@@ -130,6 +133,28 @@ class Redis:
             pass
         stop_pid(self.proc, timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_SHARED = None
+
+
+def shared_redis():
+    """The one redis-server of this test process (broker and backend of the
+    test app, which reads $CGPOOL_TEST_BROKER once, when it is imported):
+    every Celery test module uses it, each on queues of its own; stopped
+    by pid at exit."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = Redis()
+        os.environ["CGPOOL_TEST_BROKER"] = _SHARED.url
+        atexit.register(_stop_shared)
+    return _SHARED
+
+
+def _stop_shared():
+    import gc
+    gc.collect()  # results still subscribed, before their redis goes
+    _SHARED.stop()
 
 
 class CeleryWorker:

@@ -162,17 +162,30 @@ def grow_rss(mb):
     return os.getpid()
 
 
+def _where(tag):
+    """Note that the task started (run-<tag>), and say where it ran: its
+    pid and its cgroup (each node's cgpool has a subtree of its own)."""
+    if tag:
+        _mark("run-%s" % tag, os.getpid())
+    with open("/proc/self/cgroup") as f:
+        cgroup = [line.split(":", 2)[2].strip() for line in f if line.startswith("0::")][0]
+    return {"tag": tag, "pid": os.getpid(), "cgroup": cgroup}
+
+
 @app.task(acks_late=True, reject_on_worker_lost=True)
 def slow_late(seconds, tag=""):
     """For the two-node test: acks_late, requeued if its worker is lost."""
+    where = _where(tag)
     time.sleep(seconds)
-    return {"tag": tag, "pid": os.getpid(), "node": os.environ.get("CGPOOL_TEST_NODE", "")}
+    return where
 
 
 @app.task
 def slow_early(seconds, tag=""):
+    """For the two-node test: acknowledged when it starts."""
+    where = _where(tag)
     time.sleep(seconds)
-    return {"tag": tag, "pid": os.getpid(), "node": os.environ.get("CGPOOL_TEST_NODE", "")}
+    return where
 
 
 @app.task

@@ -35,15 +35,13 @@ def setUpModule():
     if REASON:
         support.skip_or_fail(REASON)
     support.require_cgpool()
-    REDIS = cs.Redis()
-    os.environ["CGPOOL_TEST_BROKER"] = REDIS.url
+    REDIS = cs.shared_redis()
 
 
 def tearDownModule():
     if REDIS is not None:
         import gc
         gc.collect()  # results still subscribed, before their redis goes
-        REDIS.stop()
     if TABLE:
         print("\n" + format_table(), file=sys.stderr)
         out = os.environ.get("CGPOOL_CELERY_TABLE")
