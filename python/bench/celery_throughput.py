@@ -1,6 +1,6 @@
 """Celery throughput and lost-worker latency: cgpool's pool beside prefork.
 
-    /usr/bin/python3 python/bench/celery_throughput.py [--tasks 5000] [--rounds 3] [--kills 5]
+    /usr/bin/python3 python/bench/celery_throughput.py [--tasks 5000] [--rounds 3] [--kills 5] [--max-lost-ms 100]
 
 Starts a private redis-server (broker and result backend) and, for each
 pool in turn (prefork, cgpool, prefork, cgpool, ...), a real ``celery
@@ -141,6 +141,8 @@ def main():
     ap.add_argument("--tasks", type=int, default=5000, help="trivial tasks per throughput run (default 5000)")
     ap.add_argument("--rounds", type=int, default=3, help="throughput runs per pool, alternating (default 3)")
     ap.add_argument("--kills", type=int, default=5, help="workers killed per pool for the latency (default 5)")
+    ap.add_argument("--max-lost-ms", type=float, default=0,
+                    help="exit 1 if cgpool's median lost-worker latency is not under this (.ci/run: 100)")
     args = ap.parse_args()
     reason = cs.celery_reason()
     if reason:
@@ -182,6 +184,9 @@ def main():
     print("throughput ratio cgpool / prefork: %.2f" % (mc / mp))
     print("lost-worker latency: cgpool %.1f ms, prefork %.1f ms"
           % (statistics.median(lost["cgpool"]) * 1000, statistics.median(lost["prefork"]) * 1000))
+    if args.max_lost_ms and statistics.median(lost["cgpool"]) * 1000 >= args.max_lost_ms:
+        raise SystemExit("FAIL: cgpool's lost worker took %.1f ms (median), not under %g ms"
+                         % (statistics.median(lost["cgpool"]) * 1000, args.max_lost_ms))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ lost worker takes to be reported, the memory limit prefork does not have.
 
 Needs Celery and redis-py for this interpreter (Debian: python3-celery,
 python3-redis, for /usr/bin/python3) and redis-server; skips with the
-reason otherwise. The memory-limit cases need the cgroup v2 memory
-controller: they run in the VM (internal/pyvm), where the prefork worker is
-put in a memory-limited cgroup of its own so that its OOM is seen too.
+reason otherwise. The memory-limit OOM needs the cgroup v2 memory
+controller, which only the VM has, and Celery and redis are not packed into
+the VM: the kernel's OOM kill is tested there against cgpool.Executor
+(internal/pyvm), and the pool's mapping of it through Celery's Request here
+(test_celery_memory).
 """
 
 import os

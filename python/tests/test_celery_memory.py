@@ -19,7 +19,6 @@ difference is the exception's type.
 Celery.)
 """
 
-import os
 import unittest
 import uuid
 

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 import unittest
 
 import support
