@@ -614,6 +614,29 @@ class TaskPool(BasePool):
             # the workers, so each starts its max_tasks_per_child afresh
             # (prefork's child initializer is not a task either).
             ex.clear_workers()
+        if not self._socket:
+            self._wait_workers(ex, self._limit)
+
+    def _wait_workers(self, ex, n, timeout=30.0):
+        """Wait (up to *timeout*) until the private supervisor has *n*
+        workers up, as prefork has forked its children before the Celery
+        worker says it is ready: the first tasks do not wait for an
+        interpreter to start, and ``inspect stats`` lists them all."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                up = [w for w in (ex.status().get("workers") or []) if w.get("pid")]
+            except Exception as e:
+                logger.warning("cgpool.celery: could not read the supervisor's status: %r", e)
+                return
+            if len(up) >= n:
+                return
+            if time.monotonic() >= deadline:
+                logger.warning("cgpool.celery: %d of %d cgpool workers up after %gs; going on", len(up), n, timeout)
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def did_start_ok(self):
         return self._ex is not None
