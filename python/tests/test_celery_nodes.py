@@ -127,6 +127,10 @@ class TwoNodesTest(unittest.TestCase):
         os.kill(before[0], signal.SIGKILL)
         killed_at = datetime.datetime.utcnow()
 
+        # Every outcome, in one wait (a get() each would wait for each in
+        # turn), then each task's state.
+        from celery.result import ResultSet
+        ResultSet(late + early).join_native(timeout=120, propagate=False)
         states = {}
         for r in late:
             try:

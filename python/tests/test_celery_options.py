@@ -147,6 +147,12 @@ class CeleryOptionsTest(_Case):
                 self.assertEqual(self.stats(w)["pool"]["max-concurrency"] if pool == "cgpool" else 3, 3)
                 rs = [self.send(w, self.t.span, 1) for _ in range(3)]
                 self.assertEqual(overlap([get(r) for r in rs]), 3)
+                # prefork shrinks only idle processes: wait until the worker
+                # (its event loop, which also takes the pool's results) has
+                # no active request left.
+                support.wait_until(lambda: self.t.app.control.inspect(destination=[w.hostname], timeout=5)
+                                   .active() == {w.hostname: []}, timeout=30, interval=0.1,
+                                   what="%s worker idle" % pool)
                 ctl.pool_shrink(2, destination=[w.hostname], reply=True, timeout=5)
                 support.wait_until(lambda: len(self.processes(w)) == 1, timeout=30, interval=0.2,
                                    what="%s pool shrunk to 1" % pool)
