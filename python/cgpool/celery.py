@@ -752,9 +752,12 @@ class TaskPool(BasePool):
         waiting ones are not started, so not accepted and not acknowledged,
         and flush() and a stop cancel them. With a shared supervisor or a
         bigger private one, waiting tasks would start on idle workers beyond
-        the limit, so none wait there."""
+        the limit, so none wait there; nor while a replaced one (grow,
+        shrink, autoscale) still runs its last tasks."""
         limit = self._limit
-        if self._socket or self._cap != limit or self._ahead <= 0:
+        if self._socket or self._cap != limit or self._ahead <= 0 or self._retiring:
+            # While a replaced Executor still runs tasks, a job waiting in the
+            # new one's queue would start beside them, above the limit.
             return limit
         return limit + min(self._ahead, limit)
 
@@ -1054,6 +1057,7 @@ class TaskPool(BasePool):
                     elif kind == "retired":
                         with self._lock:
                             self._retiring.discard(item[1])
+                            self._pump_locked()  # the window may widen again
         finally:
             self._drain_lock.release()
 
