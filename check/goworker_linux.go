@@ -49,7 +49,7 @@ func GoTask(payload []byte, self []string) ([]byte, error) {
 		}
 		return run("echo", "10")
 	case "cgpool_nested":
-		argv := append(append([]string(nil), self...), "run", "--progress", "never", "-j2", "--", "echo", "10")
+		argv := append(append([]string(nil), self...), "run", "--progress", "never", "--once", "-j2", "--", "echo", "10")
 		if stuck {
 			argv[len(argv)-2], argv[len(argv)-1] = "sleep", "3600"
 		}

@@ -88,7 +88,7 @@ func execArgv(r string, stuck bool, self []string) []string {
 		if stuck {
 			args = "-j2 -- sleep 3600"
 		}
-		return append(append([]string(nil), self...), strings.Fields("run --progress never "+args)...)
+		return append(append([]string(nil), self...), strings.Fields("run --progress never --once "+args)...)
 	case "detach":
 		return sh(`(setsid sleep 3600 &); echo 10`, `(setsid sleep 3600 &); sleep 3600`)
 	case "bg_child":

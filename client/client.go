@@ -215,6 +215,9 @@ func (c *Client) Submit(ctx context.Context, t Task) (*Future, error) {
 		MemoryMax:      t.MemoryMax,
 		Env:            t.Env,
 		Argv:           t.Argv,
+		Cwd:            t.Dir,
+		StreamOutput:   t.Stdout != nil || t.Stderr != nil,
+		MaxOutput:      t.MaxOutput,
 		Hold:           t.Hold,
 	}
 	if err := h.ValidateRequest(); err != nil {
@@ -457,6 +460,13 @@ func (c *Client) shutdown(cause error) {
 // compatibility; late answers to abandoned requests).
 func (c *Client) dispatch(h *ipc.Header, payload []byte) {
 	switch h.Type {
+	case ipc.TypeOutput:
+		c.mu.Lock()
+		f := c.futures[h.ID]
+		c.mu.Unlock()
+		if f != nil {
+			f.output(h, payload)
+		}
 	case ipc.TypeAccepted, ipc.TypeRunning, ipc.TypeRejected, ipc.TypeResult, ipc.TypeTaskError,
 		ipc.TypeTimeout, ipc.TypeProcessError, ipc.TypeCancelled, ipc.TypeQueueTimeout:
 		c.mu.Lock()

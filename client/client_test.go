@@ -619,6 +619,44 @@ func TestExecResult(t *testing.T) {
 	}
 }
 
+// TestExecStreamedOutput: with Task.Stdout/Stderr the submit asks for
+// stream_output, output messages reach the writers in order before the
+// result, and a failing writer is reported in the Result.
+func TestExecStreamedOutput(t *testing.T) {
+	c, sc := setup(t)
+	var so, se bytes.Buffer
+	f := submit(t, c, Task{Pool: "exec", Argv: []string{"x"}, Stdout: &so, Stderr: &se, MaxOutput: 1000})
+	h, _ := sc.expect(t, ipc.TypeSubmit)
+	if !h.StreamOutput || h.MaxOutput != 1000 {
+		t.Fatalf("submit: stream_output %v, max_output %d", h.StreamOutput, h.MaxOutput)
+	}
+	sc.send(t, ipc.Header{Type: ipc.TypeAccepted, ID: h.ID}, nil)
+	for i, chunk := range []string{"one ", "err1 ", "two\n", "err2\n"} {
+		stream := ipc.StreamStdout
+		if i%2 == 1 {
+			stream = ipc.StreamStderr
+		}
+		sc.send(t, ipc.Header{Type: ipc.TypeOutput, ID: h.ID, Stream: stream}, []byte(chunk))
+	}
+	sc.send(t, ipc.Header{Type: ipc.TypeResult, ID: h.ID, ExitCode: 2}, nil)
+	res, err := wait(t, f)
+	if err != nil || res.ExitCode != 2 || so.String() != "one two\n" || se.String() != "err1 err2\n" || len(res.Stdout) != 0 || res.WriteErr != nil {
+		t.Fatalf("Wait = %+v, %v; stdout %q stderr %q", res, err, so.String(), se.String())
+	}
+
+	f = submit(t, c, Task{Pool: "exec", Argv: []string{"x"}, Stdout: failWriter{}})
+	h, _ = sc.expect(t, ipc.TypeSubmit)
+	sc.send(t, ipc.Header{Type: ipc.TypeOutput, ID: h.ID, Stream: ipc.StreamStdout}, []byte("lost"))
+	sc.send(t, ipc.Header{Type: ipc.TypeResult, ID: h.ID}, nil)
+	if res, err := wait(t, f); err != nil || res.WriteErr == nil {
+		t.Fatalf("Wait = %+v, %v; want the writer's error in WriteErr", res, err)
+	}
+}
+
+type failWriter struct{}
+
+func (failWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
 func TestCancel(t *testing.T) {
 	c, sc := setup(t)
 

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"io"
 	"sync"
 	"time"
 
@@ -21,6 +22,11 @@ type Task struct {
 	// in worker pools). A non-empty Argv also makes the [Result] carry
 	// Stdout and Stderr.
 	Argv []string
+	// Dir is the working directory of an exec pool's command: an absolute
+	// path as the supervisor sees the file system; "" means the
+	// supervisor's own. The command runs there as the user the pool runs
+	// it as, who needs permission to enter it.
+	Dir string
 	// Env adds environment variables for this task only. Names must be
 	// non-empty and contain neither '=' nor NUL.
 	Env map[string]string
@@ -36,6 +42,19 @@ type Task struct {
 	// MemoryMax is the memory limit in bytes for the task's cgroup, at most
 	// the pool's; 0 means the pool's.
 	MemoryMax int64
+	// Stdout and Stderr, if set (exec pools), receive the command's output
+	// as it is written, in output messages before the result (the submit
+	// asks for stream_output): nothing is cut at the pool's output limit,
+	// and the Result's Stdout and Stderr stay empty. They are written from
+	// the goroutine that reads the connection, so a writer that blocks
+	// holds every Future of this Client, and then, through the server, the
+	// command itself (backpressure; its timeout still runs). Set both or
+	// neither; a nil one drops its stream.
+	Stdout, Stderr io.Writer
+	// MaxOutput bounds an exec command's stdout and stderr together, in
+	// bytes: past it the command is killed and the Future ends with a
+	// *ProcessError of reason "output_limit". 0: no bound.
+	MaxOutput int64
 	// Hold asks the server, when the pool's backlog is full, to withhold
 	// acceptance until there is room instead of rejecting the task with
 	// queue_full.
@@ -56,8 +75,11 @@ type Result struct {
 	// are nil for worker pools.
 	Stdout, Stderr []byte
 	// StdoutTruncated and StderrTruncated report that the output was cut
-	// to the pool's output limit (exec pools).
+	// to the pool's output limit (exec pools without Task.Stdout/Stderr).
 	StdoutTruncated, StderrTruncated bool
+	// WriteErr is the first error of Task.Stdout or Task.Stderr; the rest
+	// of that stream was dropped.
+	WriteErr error
 	// PID is the worker (or command) that ran the task, 0 if unknown.
 	PID int
 	// Leaf is the cgroup the task ran in, "" if unknown.
@@ -74,6 +96,9 @@ type Future struct {
 	exec         bool
 	timeout      time.Duration
 	queueTimeout time.Duration
+
+	stdout, stderr io.Writer // Task.Stdout, Task.Stderr
+	writeErr       error     // guarded by the read role: only the reader writes output
 
 	accepted chan struct{} // closed when acceptance is decided
 	done     chan struct{} // closed when the outcome is known
@@ -95,6 +120,8 @@ func newFuture(c *Client, id uint64, t *Task) *Future {
 		c:            c,
 		id:           id,
 		exec:         len(t.Argv) > 0,
+		stdout:       t.Stdout,
+		stderr:       t.Stderr,
 		timeout:      t.Timeout,
 		queueTimeout: t.QueueTimeout,
 		accepted:     make(chan struct{}),
@@ -230,6 +257,21 @@ func (f *Future) Cancel(ctx context.Context, hard bool) (bool, error) {
 	return h.OK, nil
 }
 
+// output writes one output message to the Task's writer. Called by the
+// goroutine that holds the read role, so writes are in order.
+func (f *Future) output(h *ipc.Header, payload []byte) {
+	w := f.stdout
+	if h.Stream == ipc.StreamStderr {
+		w = f.stderr
+	}
+	if w == nil || f.writeErr != nil {
+		return
+	}
+	if _, err := w.Write(payload); err != nil {
+		f.writeErr = err
+	}
+}
+
 // handle applies one server message about this submission. Called by the
 // goroutine that holds the read role.
 func (f *Future) handle(h *ipc.Header, payload []byte) {
@@ -271,6 +313,7 @@ func (f *Future) handle(h *ipc.Header, payload []byte) {
 	switch h.Type {
 	case ipc.TypeResult:
 		res = f.result(h, payload, pid, leaf)
+		res.WriteErr = f.writeErr
 	case ipc.TypeRejected:
 		err = &RejectedError{ID: f.id, Reason: h.Reason, Message: h.Message}
 		acceptErr = err

@@ -165,9 +165,9 @@ func TestWireLayout(t *testing.T) {
 // TestHeaderJSONNames pins the JSON member name of every Header field.
 func TestHeaderJSONNames(t *testing.T) {
 	want := []string{"type", "id", "version", "client", "server", "pools", "pid", "leaf", "init_error",
-		"pool", "priority", "timeout_ms", "queue_timeout_ms", "memory_max", "env", "argv", "affinity", "hold",
+		"pool", "priority", "timeout_ms", "queue_timeout_ms", "memory_max", "env", "argv", "cwd", "affinity", "stream_output", "max_output", "hold",
 		"reason", "code", "message", "traceback", "exit_code", "signal", "memory_peak", "stdout_len",
-		"stdout_truncated", "stderr_truncated", "rss", "mode", "ok", "state", "stats", "status",
+		"stdout_truncated", "stderr_truncated", "stream", "rss", "mode", "ok", "state", "stats", "status",
 		"replace", "wait", "cancel_futures", "deadline_ms"}
 	var got []string
 	rt := reflect.TypeFor[Header]()

@@ -36,6 +36,7 @@ const (
 	TypeRecycle      = "recycle"       // client→server: replace a pool's workers
 	TypeShutdown     = "shutdown"      // client→server: shut the supervisor down
 	TypeOK           = "ok"            // server→client: success answer to set_env, recycle, shutdown
+	TypeOutput       = "output"        // server→client: a chunk of an exec command's output (payload), for a submit with stream_output
 )
 
 // Message types that only occur in the worker protocol (supervisor <-> worker
@@ -65,6 +66,20 @@ const (
 	ProcessKilled  = "killed"  // killed by a signal not sent by cgpool for a timeout/cancel
 	ProcessCrashed = "crashed" // exited or died without reporting a result
 	ProcessLost    = "lost"    // the supervisor lost the task to an internal error; it may have run in part
+	// ProcessOutputLimit: an exec pool's command wrote more than its
+	// max_output and was killed.
+	ProcessOutputLimit = "output_limit"
+	// ProcessNotFound and ProcessNotExecutable: an exec pool's command
+	// could not be started because there is no such program (a shell's
+	// exit status 127), or it cannot be executed (126).
+	ProcessNotFound      = "not_found"
+	ProcessNotExecutable = "not_executable"
+)
+
+// Values of Header.Stream in an output message.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
 )
 
 // Values of Header.Mode in a cancel message.
@@ -145,11 +160,24 @@ type Header struct {
 	Env map[string]string `json:"env,omitempty"`
 	// Argv is the command line for exec pools (submit).
 	Argv []string `json:"argv,omitempty"`
+	// Cwd is the working directory of an exec pool's command: an absolute
+	// path, "" for the daemon's own (submit). The command runs there as
+	// the user the pool runs it as, who needs search permission on it.
+	Cwd string `json:"cwd,omitempty"`
+
 	// Affinity names the program a task belongs to (submit, worker pools):
 	// a worker runs tasks of one (peer uid, affinity) pair only, so that one
 	// client's code is never loaded into a worker that then serves another.
 	// At most MaxAffinity printable ASCII bytes.
 	Affinity string `json:"affinity,omitempty"`
+	// StreamOutput asks for an exec command's stdout and stderr in output
+	// messages as they are written, before the final result, instead of
+	// in the result's payload cut at the pool's output limit (submit).
+	StreamOutput bool `json:"stream_output,omitempty"`
+	// MaxOutput bounds an exec command's stdout and stderr together, in
+	// bytes: past it the command is killed and ends as process_error
+	// output_limit; 0 = no bound (submit).
+	MaxOutput int64 `json:"max_output,omitempty"`
 	// Hold asks the server to delay acceptance while the backlog is full
 	// instead of rejecting with queue_full (submit).
 	Hold bool `json:"hold,omitempty"`
@@ -179,6 +207,9 @@ type Header struct {
 	StdoutTruncated bool `json:"stdout_truncated,omitempty"`
 	// StderrTruncated reports that stderr was cut to the pool's limit.
 	StderrTruncated bool `json:"stderr_truncated,omitempty"`
+	// Stream names the stream of an output message: StreamStdout or
+	// StreamStderr (output).
+	Stream string `json:"stream,omitempty"`
 	// RSS is the worker's resident set size in bytes after trimming
 	// (trimmed).
 	RSS int64 `json:"rss,omitempty"`
@@ -237,6 +268,9 @@ func IsFinal(t string) bool {
 	return false
 }
 
+// MaxCwd bounds a submit's cwd (Linux's PATH_MAX).
+const MaxCwd = 4096
+
 // MaxDurationMS bounds every duration on the wire (timeout_ms,
 // queue_timeout_ms, deadline_ms): about 34 years. A larger value would
 // overflow a time.Duration, and a deadline past it means "never" anyway:
@@ -280,6 +314,8 @@ func (h *Header) ValidateRequest() error {
 			return bad("queue_timeout_ms %d is not in 0..%d", h.QueueTimeoutMS, int64(MaxDurationMS))
 		case h.MemoryMax < 0:
 			return bad("memory_max %d < 0", h.MemoryMax)
+		case h.MaxOutput < 0:
+			return bad("max_output %d < 0", h.MaxOutput)
 		case len(h.Affinity) > MaxAffinity:
 			return bad("affinity is %d bytes, more than %d", len(h.Affinity), MaxAffinity)
 		}
@@ -295,6 +331,15 @@ func (h *Header) ValidateRequest() error {
 			if strings.IndexByte(a, 0) >= 0 {
 				return bad("argv[%d] contains a NUL byte", i)
 			}
+		}
+		switch {
+		case h.Cwd == "":
+		case !strings.HasPrefix(h.Cwd, "/"):
+			return bad("cwd %q is not an absolute path", h.Cwd)
+		case strings.IndexByte(h.Cwd, 0) >= 0:
+			return bad("cwd contains a NUL byte")
+		case len(h.Cwd) > MaxCwd:
+			return bad("cwd is %d bytes, more than %d", len(h.Cwd), MaxCwd)
 		}
 	case TypeCancel:
 		if h.Mode != "" && h.Mode != CancelSoft && h.Mode != CancelHard {

@@ -251,6 +251,13 @@ func (c *Config) resolveUser(euid uint32) error {
 	return nil
 }
 
+// Validate checks the settings as NewSupervisor does, without making
+// anything: the error names the pool and the setting.
+func (c Config) Validate() error {
+	_, err := c.normalize()
+	return err
+}
+
 // Resources maps the pool's per-slot limits onto runtime-spec's
 // LinuxResources, the one vocabulary cgroup.Group.SetLimits takes. ctrl
 // are the controllers the root enabled. A memory limit comes with no swap

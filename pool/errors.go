@@ -17,6 +17,10 @@ var (
 	ErrForbidden   = errors.New("pool: not allowed for this peer")
 )
 
+// ErrClientGone is returned by the OutputFunc of a task whose client
+// disconnected: the rest of its output is dropped.
+var ErrClientGone = errors.New("pool: the client is gone")
+
 // RejectError is a refused submission. Nothing of it ran, so a retry is
 // safe.
 type RejectError struct {

@@ -1,40 +1,150 @@
 package pool
 
 import (
-	"io"
+	"errors"
+	"fmt"
+	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/spawn"
 )
 
-// capture reads a pipe to its end, keeping at most limit bytes.
-type capture struct {
-	buf       []byte
-	truncated bool
+// drainGrace bounds how long the pool waits, once a command has ended
+// and its slot is empty, for more of its output: every writer in the
+// slot is dead by then, so a pipe that neither has data nor ends is held
+// by a process outside the slot (one the command passed its stdout to,
+// or one that left the cgroup as root). It also bounds, after a kill, how
+// long a slow reader of the output may take for what is buffered.
+const drainGrace = 250 * time.Millisecond
+
+// drainMax bounds what is read once the slot is empty: at most what the
+// pipe can buffer (1 MiB at most by default, fs.pipe-max-size), and so
+// not an endless stream from a process outside the slot.
+const drainMax = 1 << 20
+
+// outputPipe reads one of a command's output streams to its end, or to
+// the end the drain rules set, and delivers it.
+type outputPipe struct {
+	f        *os.File
+	stream   Stream
+	deliver  OutputFunc
+	abort    <-chan struct{}
+	total    *atomic.Int64 // both streams, for MaxOutput
+	max      int64         // 0: none
+	over     func()        // called once when total passes max
+	draining atomic.Bool   // the slot is empty: bound each read
+	read     int64         // bytes read
+	drained  int64         // bytes read while draining
+	cut      bool          // delivery stopped (limit, error)
 }
 
-func (c *capture) fill(r io.Reader, limit int64, wg *sync.WaitGroup) {
+// startDrain bounds the reads from now on (see drainGrace); it also
+// interrupts a read that waits.
+func (o *outputPipe) startDrain() {
+	o.draining.Store(true)
+	o.f.SetReadDeadline(time.Now().Add(drainGrace))
+}
+
+// readBufs are the pipe readers' buffers: two a command, and garbage
+// per command was a fifth of cgpool run's own time over many short ones.
+var readBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+func (o *outputPipe) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	chunk := make([]byte, 32*1024)
+	b := readBufs.Get().(*[32 << 10]byte)
+	defer readBufs.Put(b)
+	buf := b[:]
 	for {
-		n, err := r.Read(chunk)
-		if n > 0 {
-			room := int(limit) - len(c.buf)
-			if n > room {
-				c.truncated = true
-				n = max(room, 0)
+		if o.draining.Load() {
+			if o.drained >= drainMax {
+				return
 			}
-			c.buf = append(c.buf, chunk[:n]...)
+			o.f.SetReadDeadline(time.Now().Add(drainGrace))
+		}
+		n, err := o.f.Read(buf)
+		if n > 0 {
+			o.read += int64(n)
+			if o.draining.Load() {
+				o.drained += int64(n)
+			}
+			chunk := buf[:n]
+			if o.max > 0 {
+				t := o.total.Add(int64(n))
+				if t > o.max {
+					keep := int64(n) - (t - o.max)
+					chunk = chunk[:max(keep, 0)]
+					o.over()
+				}
+			}
+			if len(chunk) > 0 && !o.cut {
+				if o.deliver(o.stream, chunk, o.abort) != nil {
+					o.cut = true
+				}
+			}
+			if len(chunk) < n {
+				o.cut = true
+			}
 		}
 		if err != nil {
-			return
+			return // EOF, the drain's deadline, or closed
 		}
 	}
+}
+
+// capture is the OutputFunc of a task without one: it keeps at most limit
+// bytes of each stream for the outcome.
+type capture struct {
+	mu        sync.Mutex
+	buf       [3][]byte
+	truncated [3]bool
+	limit     int64
+}
+
+func (c *capture) deliver(s Stream, p []byte, _ <-chan struct{}) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	room := int(c.limit) - len(c.buf[s])
+	if len(p) > room {
+		c.truncated[s] = true
+		p = p[:max(room, 0)]
+	}
+	c.buf[s] = append(c.buf[s], p...)
+	return nil
+}
+
+// startFailure is the outcome of a command that could not be started:
+// not found (127) or not executable (126), as a shell reports them, or
+// crashed for any other failure to start.
+func startFailure(prog, dir string, err error, leaf string) *Outcome {
+	o := &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 126, Leaf: leaf,
+		Message: fmt.Sprintf("could not start %s: %v", prog, err)}
+	switch {
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+		o.Reason, o.ExitCode = NotFound, 127
+		o.Message = prog + ": command not found"
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOEXEC), errors.Is(err, syscall.EISDIR):
+		var errno syscall.Errno
+		why := "permission denied"
+		if errors.As(err, &errno) {
+			why = errno.Error()
+		}
+		o.Reason = NotExecutable
+		o.Message = fmt.Sprintf("%s: cannot be executed (%s)", prog, why)
+		if dir != "" && errors.Is(err, fs.ErrPermission) {
+			// The kernel says EACCES for the directory and for the program
+			// alike: name both.
+			o.Message = fmt.Sprintf("%s: cannot be executed in %s (permission denied: the program, or the directory, for the user the task runs as)", prog, dir)
+		}
+	}
+	return o
 }
 
 // replaceVanished replaces an exec slot whose cgroup was removed from
@@ -87,7 +197,6 @@ func (s *slot) runExec(t *Task) {
 		}
 	}
 
-	var out, errOut capture
 	var wg sync.WaitGroup
 	ro, wo, err := os.Pipe()
 	if err != nil {
@@ -101,64 +210,168 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
 		return
 	}
+	eio := t.spec.io()
+	var stdin, feed *os.File // the command's end and ours
+	if eio.Stdin != nil {
+		if stdin, feed, err = os.Pipe(); err != nil {
+			ro.Close()
+			re.Close()
+			wo.Close()
+			we.Close()
+			s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
+			return
+		}
+	}
+	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Dir: eio.Dir, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)}
+	if stdin != nil {
+		opts.Stdin = stdin
+	}
 	start := time.Now()
-	proc, err := spawn.Start(spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)})
+	proc, err := spawn.Start(opts)
 	wo.Close()
 	we.Close()
+	if stdin != nil {
+		stdin.Close()
+	}
 	if err != nil {
 		ro.Close()
 		re.Close()
-		msg := err.Error()
-		if !s.leaf.Exists() {
-			msg = "the slot's cgroup was removed from outside as the command started: " + msg
+		if feed != nil {
+			feed.Close()
 		}
-		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: msg, Leaf: s.leafPath})
+		o := startFailure(t.spec.Argv[0], eio.Dir, err, s.leafPath)
+		if !s.leaf.Exists() {
+			o.Reason, o.ExitCode = oomwatch.Crashed, 126
+			o.Message = "the slot's cgroup was removed from outside as the command started: " + err.Error()
+		}
+		s.finish(t, o)
 		return
 	}
 	p.observeSpawn(start)
-	wg.Add(2)
-	go out.fill(ro, p.cfg.OutputLimit, &wg)
-	go errOut.fill(re, p.cfg.OutputLimit, &wg)
+	// The kill of the task (timeout, cancel, output limit) aborts the
+	// delivery of its output after a grace for what is buffered.
+	p.mu.Lock()
+	killed := make(chan struct{})
+	if t.kill != notKilled {
+		close(killed)
+	} else {
+		s.killed = killed
+	}
+	p.mu.Unlock()
+	abort := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-killed:
+			tm := time.NewTimer(drainGrace)
+			defer tm.Stop()
+			select {
+			case <-tm.C:
+				close(abort)
+			case <-done:
+			}
+		case <-done:
+		}
+	}()
+	deliver := eio.Output
+	var capt *capture
+	if deliver == nil {
+		capt = &capture{limit: p.cfg.OutputLimit}
+		deliver = capt.deliver
+	}
+	var total atomic.Int64
+	var overOnce sync.Once
+	over := func() {
+		overOnce.Do(func() {
+			p.mu.Lock()
+			p.killTaskLocked(t, killedOutput)
+			p.mu.Unlock()
+		})
+	}
+	pipes := []*outputPipe{
+		{f: ro, stream: Stdout, deliver: deliver, abort: abort, total: &total, max: eio.MaxOutput, over: over},
+		{f: re, stream: Stderr, deliver: deliver, abort: abort, total: &total, max: eio.MaxOutput, over: over},
+	}
+	if feed != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = feed.Write(eio.Stdin) // EPIPE: the command did not read it all
+			feed.Close()                 // its end of input
+		}()
+	}
 	pid := proc.Pid()
 	p.mu.Lock()
 	s.pid = pid
 	p.mu.Unlock()
 	t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
+	// The output is read from now: "running" goes out before any of it.
+	var outWG sync.WaitGroup
+	outWG.Add(2)
+	for _, op := range pipes {
+		go op.run(&outWG)
+	}
 
+	// The timeout covers the command and the delivery of its output.
 	stop := p.armTimeout(t)
 	<-proc.Done() // a deadline or a hard cancel kills the group, and so the command
-	stop()
-	kill := p.killReason(t)
 	e := waitExit(proc, teardownTimeout)
 	proc.Close()
 	// Nothing outlives its task: kill what the command left in the slot.
-	killed := kill != ""
+	left := false
 	if pop, _ := s.group.Populated(); pop {
-		killed = true
+		left = true
 		n := len(s.procs())
 		s.emptyGroup()
-		if kill == "" {
+		if p.killReason(t) == "" {
 			p.mu.Lock()
 			p.stats.LeftoverProcessesKilled += int64(n)
 			p.mu.Unlock()
 		}
 	}
-	wg.Wait() // every writer of the pipes is dead now
+	// Every writer in the slot is dead: what the pipes still hold comes
+	// at once; a pipe that neither has data nor ends is held outside the
+	// slot, and is given up after drainGrace (it must not keep the slot).
+	for _, op := range pipes {
+		op.startDrain()
+	}
+	outWG.Wait()
+	stop()
+	close(done)
 	ro.Close()
 	re.Close()
+	if feed != nil {
+		feed.Close() // unblocks a write to a reader outside the slot
+	}
+	wg.Wait()
+	kill := p.killReason(t)
+	killedGroup := kill != "" || left
 	p.mu.Lock()
 	s.pid = 0
+	s.killed = nil
 	p.mu.Unlock()
 
-	base := Outcome{Pid: pid, Leaf: s.leafPath, Stdout: out.buf, Stderr: errOut.buf, StdoutTruncated: out.truncated, StderrTruncated: errOut.truncated}
-	o := s.classify(t, base, before, kill, e)
+	base := Outcome{Pid: pid, Leaf: s.leafPath, StdoutBytes: pipes[0].read, StderrBytes: pipes[1].read}
+	if capt != nil {
+		base.Stdout, base.Stderr = capt.buf[Stdout], capt.buf[Stderr]
+		base.StdoutTruncated, base.StderrTruncated = capt.truncated[Stdout], capt.truncated[Stderr]
+	}
+	var o *Outcome
+	if kill == OutputLimit {
+		s.baseline, _, _ = oomwatch.Read(s.group)
+		o = &base
+		o.Kind, o.Reason, o.Signal, o.ExitCode = ProcessError, OutputLimit, int(syscall.SIGKILL), -1
+		o.Message = fmt.Sprintf("wrote more than its output limit of %d bytes; its cgroup was killed", eio.MaxOutput)
+	} else {
+		o = s.classify(t, base, before, kill, e)
+	}
 	if o.Kind == ProcessError && o.Reason == oomwatch.Crashed {
 		// A command that exits by itself, whatever its status, has a result.
 		o.Kind, o.Reason, o.Message = Result, "", ""
 		o.ExitCode = e.Code
 	}
 	s.finish(t, o)
-	if killed {
+	if killedGroup {
 		// A killed group is never reused: a child cloned into it later can
 		// be killed at birth (see cgroup.Group.Kill).
 		s.teardown(false)

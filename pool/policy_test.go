@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -198,6 +199,49 @@ func TestWorkersRunAsConfiguredUser(t *testing.T) {
 	_, p := newPool(t, func(c *pool.Config) { c.Command, c.UID, c.GID = []string{exe}, &id, &id })
 	if o := run(t, p, "ids"); o.Kind != pool.Result || string(o.Payload) != "65534:65534" {
 		t.Fatalf("worker ids: %+v", o)
+	}
+}
+
+// TestExecStartFailures: a command that cannot be started is told as a
+// shell tells it: not found (127) or not executable (126), each a reason
+// of its own in the statistics.
+func TestExecStartFailures(t *testing.T) {
+	_, p := newPool(t, func(c *pool.Config) { c.Kind, c.Command = pool.KindExec, nil })
+	noexec := filepath.Join(t.TempDir(), "script")
+	if err := os.WriteFile(noexec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		argv   []string
+		reason oomwatch.Reason
+		code   int
+	}{
+		{[]string{"/nonexistent/cmd"}, pool.NotFound, 127},
+		{[]string{"no-such-command-on-path"}, pool.NotFound, 127},
+		{[]string{noexec}, pool.NotExecutable, 126},
+		{[]string{"/"}, pool.NotExecutable, 126},
+	} {
+		o := submit(t, p, pool.Spec{Argv: tc.argv}).wait(t, 10*time.Second)
+		if o.Kind != pool.ProcessError || o.Reason != tc.reason || o.ExitCode != tc.code || !strings.HasPrefix(o.Message, tc.argv[0]+": ") {
+			t.Errorf("%q: %v reason %q exit %d message %q; want process_error %q, exit %d", tc.argv, o.Kind, o.Reason, o.ExitCode, o.Message, tc.reason, tc.code)
+		}
+	}
+	if st := p.Stats(); st.FailuresByReason["not_found"] != 2 || st.FailuresByReason["not_executable"] != 2 {
+		t.Errorf("failures_by_reason %v", st.FailuresByReason)
+	}
+}
+
+// TestExecStdin: ExecIO.Stdin is the command's standard input; a command
+// that does not read it all still ends.
+func TestExecStdin(t *testing.T) {
+	_, p := newPool(t, func(c *pool.Config) { c.Kind, c.Command = pool.KindExec, nil })
+	o := submit(t, p, pool.Spec{Argv: []string{"wc", "-c"}, IO: &pool.ExecIO{Stdin: bytes.Repeat([]byte("x"), 1<<20)}}).wait(t, 10*time.Second)
+	if o.Kind != pool.Result || strings.TrimSpace(string(o.Stdout)) != "1048576" {
+		t.Errorf("wc -c of 1 MiB of stdin: %v %q", o.Kind, o.Stdout)
+	}
+	o = submit(t, p, pool.Spec{Argv: []string{"true"}, IO: &pool.ExecIO{Stdin: bytes.Repeat([]byte("x"), 4<<20)}}).wait(t, 10*time.Second)
+	if o.Kind != pool.Result || o.ExitCode != 0 {
+		t.Errorf("true with unread stdin: %+v", o)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -232,7 +233,7 @@ func (p *Pool) startInlineLocked(t *Task) func() {
 	s.takeLocked(t)
 	s.waitW = nil // no wake-up may cut into the answer now
 	w.nc.SetReadDeadline(time.Time{})
-	t.stop = p.armTimeout(t)
+	s.stop = p.armTimeout(t)
 	pid, leaf := w.pid(), s.leafPath
 	return func() {
 		// Running goes first: the answer, which the slot goroutine
@@ -269,6 +270,12 @@ func (p *Pool) validate(s *Spec) error {
 		return errInvalid("pool %s runs commands: a task carries an argv and no payload (%d bytes sent)", c.Name, len(s.Payload))
 	case c.Kind == KindWorker && len(s.Argv) != 0:
 		return errInvalid("pool %s runs a worker program: a task carries a payload, not an argv", c.Name)
+	case c.Kind == KindWorker && s.io().Dir != "":
+		return errInvalid("pool %s runs a worker program: a task has no working directory of its own", c.Name)
+	case c.Kind == KindWorker && s.IO != nil:
+		return errInvalid("pool %s runs a worker program: a task's output is its worker's answer, and its input the payload (standard input, streamed output and max_output are for exec pools)", c.Name)
+	case s.io().MaxOutput < 0:
+		return errInvalid("max_output %d < 0", s.io().MaxOutput)
 	case c.MaxTimeout > 0 && s.Timeout > c.MaxTimeout:
 		return overLimit("timeout %v is above pool %s's max_timeout %v", s.Timeout, c.Name, c.MaxTimeout)
 	case int64(len(s.Payload)) > c.MaxPayloadBytes:
@@ -282,6 +289,14 @@ func (p *Pool) validate(s *Spec) error {
 	}
 	if c.Kind == KindExec && c.fixed == nil && p.euid == 0 && s.Peer != nil && s.Peer.UID == 0 && !c.AllowRoot {
 		return reject(ipc.RejectForbidden, ErrForbidden, fmt.Sprintf("pool %s runs each command as the user who submits it, and runs none as root unless its configuration says allow_root = true", c.Name))
+	}
+	if dir := s.io().Dir; dir != "" {
+		if !filepath.IsAbs(dir) {
+			return errInvalid("working directory %q is not an absolute path", dir)
+		}
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return errInvalid("working directory %s: not a directory the supervisor can see (it may run in a mount namespace of its own, as a systemd service with PrivateTmp= does)", dir)
+		}
 	}
 	if s.MemoryMax > 0 {
 		if !slices.Contains(p.ctrl, "memory") {
@@ -618,6 +633,7 @@ func (p *Pool) Stats() Stats {
 // Status returns each worker slot's state.
 func (p *Pool) Status() Status {
 	p.mu.Lock()
+	env := maps.Clone(p.env)
 	slots := slices.Collect(maps.Keys(p.slots))
 	ws := make([]WorkerStatus, 0, len(slots))
 	groups := make([]*cgroup.Group, 0, len(slots))
@@ -641,7 +657,7 @@ func (p *Pool) Status() Status {
 		ws[i].MemoryPeak, _ = g.MemoryPeak()
 	}
 	slices.SortFunc(ws, func(a, b WorkerStatus) int { return cmpSlot(a.Slot, b.Slot) })
-	return Status{Pool: p.cfg.Name, Kind: p.cfg.Kind, Workers: ws}
+	return Status{Pool: p.cfg.Name, Kind: p.cfg.Kind, Workers: ws, Env: env}
 }
 
 func cmpSlot(a, b string) int {

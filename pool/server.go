@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -752,15 +753,24 @@ func (sc *serverConn) submit(h ipc.Header, payload []byte) {
 		Timeout: time.Duration(h.TimeoutMS) * time.Millisecond, QueueTimeout: time.Duration(h.QueueTimeoutMS) * time.Millisecond,
 		MemoryMax: h.MemoryMax, Client: sc.client, Hold: h.Hold, Peer: sc.identity(), Affinity: h.Affinity,
 	}
+	stream := h.StreamOutput && p.cfg.Kind == KindExec // worker pools: their answer is the output
+	if h.Cwd != "" || h.MaxOutput != 0 || stream {
+		spec.IO = &ExecIO{Dir: h.Cwd, MaxOutput: h.MaxOutput}
+		if stream {
+			spec.IO.Output = sc.outputFunc(h.ID)
+		}
+	}
 	if !h.Hold {
 		sc.enter(context.Background(), h.ID, p, ct, &spec)
 		return
 	}
-	// Only a held submission can be cancelled before the pool has it.
+	// Only a held submission can be cancelled before the pool has it. Its
+	// spec is copied for the closure, so that the common path's stays off
+	// the heap (garbage beside every queued task).
 	ctx, cancel := context.WithCancel(context.Background())
 	ct.cancel = cancel
-	id := h.ID
-	sc.hold(func() { sc.enter(ctx, id, p, ct, &spec) })
+	id, held := h.ID, spec
+	sc.hold(func() { sc.enter(ctx, id, p, ct, &held) })
 }
 
 func (sc *serverConn) reject(id uint64, reason, msg string) {
@@ -846,11 +856,67 @@ func (sc *serverConn) enter(ctx context.Context, id uint64, p *Pool, ct *connTas
 			sc.writeEventLocked(id, e)
 		}
 	}
+	if spec.IO != nil && spec.IO.Output != nil {
+		sc.openGate() // its output waits for "accepted"
+	}
 	sc.mu.Unlock()
 	if req != nil { // a cancel came while the submission was held
 		sc.answerCancel(req, t)
 	}
 }
+
+// outputFunc is the OutputFunc of a task submitted with stream_output:
+// each chunk becomes an output frame, queued after "accepted" and before
+// the outcome (the pool delivers the outcome once the output is read).
+// It is the backpressure: while the client's outbox holds more than
+// outputRoom it waits for the client to take its frames, and the command
+// stalls on its full pipe; the task's timeout still runs, and a kill or
+// the connection's end lets it go. It runs on the pool's pipe readers,
+// never on a slot's own goroutine, and the frame is queued at once
+// (write never blocks; the outbox keeps payloads by reference, so the
+// chunk is copied: the reader reuses its buffer).
+func (sc *serverConn) outputFunc(id uint64) OutputFunc {
+	return func(s Stream, p []byte, abort <-chan struct{}) error {
+		for {
+			sc.gmu.Lock()
+			gate := sc.gate
+			sc.gmu.Unlock()
+			sc.mu.Lock()
+			_, pending := sc.pending[id] // "accepted" is not queued yet
+			sc.mu.Unlock()
+			sc.omu.Lock()
+			closing, full := sc.closing, sc.obytes > outputRoom
+			sc.omu.Unlock()
+			if closing {
+				return ErrClientGone
+			}
+			if !full && !pending {
+				break
+			}
+			select {
+			case <-gate:
+			case <-abort:
+				return errAborted
+			}
+		}
+		stream := ipc.StreamStdout
+		if s == Stderr {
+			stream = ipc.StreamStderr
+		}
+		sc.write(ipc.Frame{Header: ipc.Header{Type: ipc.TypeOutput, ID: id, Stream: stream}, Payload: bytes.Clone(p)})
+		return nil
+	}
+}
+
+// outputRoom is the outbox size past which streamed output waits: far
+// below the read bound, so that output alone never stops the reader (a
+// client that is slow to take its output can still cancel), and small,
+// so that relaying any amount of output costs the daemon about this much
+// memory a connection. A few socket buffers' worth keeps the pipe full.
+const outputRoom = 1 << 20
+
+// errAborted: the task was killed and its output is no longer wanted.
+var errAborted = errors.New("pool: the task was killed; its output is dropped")
 
 // writeEventLocked queues the frame of one of a task's events; the final
 // one also forgets the task. sc.mu must be held.
@@ -1008,6 +1074,12 @@ func wireReason(r oomwatch.Reason) string {
 		return ipc.ProcessKilled
 	case ReasonLost:
 		return ipc.ProcessLost
+	case OutputLimit:
+		return ipc.ProcessOutputLimit
+	case NotFound:
+		return ipc.ProcessNotFound
+	case NotExecutable:
+		return ipc.ProcessNotExecutable
 	}
 	return ipc.ProcessCrashed
 }

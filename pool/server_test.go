@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -429,13 +430,119 @@ func TestSlowClientDoesNotStallWorkers(t *testing.T) {
 	}
 }
 
+// TestStreamedExecOutput: a submit with stream_output gets the command's
+// output in output frames, in order, after "running" and before the
+// result, which carries none of it.
+func TestStreamedExecOutput(t *testing.T) {
+	sock, _ := startServer(t, func(c *pool.Config) { c.Kind, c.Command = pool.KindExec, nil })
+	tc := connect(t, sock)
+	id := tc.submit(t, ipc.Header{Argv: []string{"sh", "-c", "yes out | head -c 3000000; echo err >&2; exit 4"}, StreamOutput: true}, "")
+	var order []string
+	var stdout, stderr int
+	for {
+		h, payload, err := tc.c.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.ID != id {
+			continue
+		}
+		if len(order) == 0 || order[len(order)-1] != h.Type {
+			order = append(order, h.Type)
+		}
+		if h.Type == ipc.TypeOutput {
+			if h.Stream == ipc.StreamStdout {
+				stdout += len(payload)
+			} else {
+				stderr += len(payload)
+			}
+		}
+		if ipc.IsFinal(h.Type) {
+			if h.Type != ipc.TypeResult || h.ExitCode != 4 || len(payload) != 0 || h.StdoutTruncated {
+				t.Fatalf("final %+v with %d bytes", h, len(payload))
+			}
+			break
+		}
+	}
+	if want := []string{ipc.TypeAccepted, ipc.TypeRunning, ipc.TypeOutput, ipc.TypeResult}; !slices.Equal(order, want) {
+		t.Errorf("frames %q, want %q", order, want)
+	}
+	if stdout != 3_000_000 || stderr != 4 {
+		t.Errorf("output %d + %d bytes, want 3000000 + 4 (no cut at the pool's output limit)", stdout, stderr)
+	}
+}
+
+// TestStreamedOutputBackpressure: a client that takes none of its output
+// costs the daemon a bounded outbox: the command stalls on its full pipe,
+// the task's timeout still ends it, and the client then gets the
+// timeout; the daemon does not disconnect it for the output it held back.
+func TestStreamedOutputBackpressure(t *testing.T) {
+	sock, p := startServer(t, func(c *pool.Config) { c.Kind, c.Command = pool.KindExec, nil })
+	tc := connect(t, sock)
+	id := tc.submit(t, ipc.Header{Argv: []string{"sh", "-c", "exec cat /dev/zero"}, StreamOutput: true, TimeoutMS: 3000}, "")
+	start := time.Now()
+	deadline := time.Now().Add(30 * time.Second)
+	for p.Stats().TasksFailed == 0 { // the task ends by its timeout while we read nothing
+		if time.Now().After(deadline) {
+			t.Fatalf("no timeout while the client reads nothing: %+v", p.Stats())
+		}
+		time.Sleep(10 * time.Millisecond) // polling the pool's counters with a deadline
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the 3 s timeout took %v with a client that reads nothing", d)
+	}
+	var got int64
+	for {
+		h, payload, err := tc.c.Read()
+		if err != nil {
+			t.Fatalf("read after %d bytes of output: %v (disconnected?)", got, err)
+		}
+		got += int64(len(payload))
+		if h.ID == id && ipc.IsFinal(h.Type) {
+			if h.Type != ipc.TypeTimeout {
+				t.Errorf("final %+v, want the timeout", h)
+			}
+			break
+		}
+	}
+	// The daemon held back its output at 1 MiB queued (outputRoom), and
+	// the sockets buffer a few hundred KiB more: nothing near the 64 MiB
+	// outbox bound past which it would disconnect the client.
+	if bound := int64(1<<20 + 4<<20); got > bound {
+		t.Errorf("%d bytes of output were queued for a client that read nothing (bound %d)", got, bound)
+	}
+	t.Logf("%d bytes of output queued while the client read nothing", got)
+}
+
+// TestExecIOOnlyForExecPools: a worker pool's task has no working
+// directory and no output of its own: cwd and max_output are refused with
+// why, not ignored; stream_output is ignored there (the answer is the
+// output) and the task runs.
+func TestExecIOOnlyForExecPools(t *testing.T) {
+	sock, _ := startServer(t, nil)
+	tc := connect(t, sock)
+	cwd := tc.submit(t, ipc.Header{Cwd: "/"}, "echo")
+	maxOut := tc.submit(t, ipc.Header{MaxOutput: 10}, "echo")
+	stream := tc.submit(t, ipc.Header{StreamOutput: true}, "echo")
+	got := tc.finals(t, 3, nil)
+	for id, want := range map[uint64]string{cwd: "no working directory of its own", maxOut: "max_output are for exec pools"} {
+		if h := got[id]; h.Type != ipc.TypeRejected || h.Reason != ipc.RejectInvalid || !strings.Contains(h.Message, want) {
+			t.Errorf("submit %d: %+v, want rejected invalid saying %q", id, h, want)
+		}
+	}
+	if h := got[stream]; h.Type != ipc.TypeResult {
+		t.Errorf("stream_output in a worker pool: %+v, want its result", h)
+	}
+}
+
 // TestWireReasons: every process-error reason the pool can give has its
 // name on the wire (a reason without one would read "crashed").
 func TestWireReasons(t *testing.T) {
 	for _, tc := range []struct {
 		r    oomwatch.Reason
 		want string
-	}{{oomwatch.OOM, ipc.ProcessOOM}, {oomwatch.Killed, ipc.ProcessKilled}, {oomwatch.Crashed, ipc.ProcessCrashed}, {pool.ReasonLost, ipc.ProcessLost}} {
+	}{{oomwatch.OOM, ipc.ProcessOOM}, {oomwatch.Killed, ipc.ProcessKilled}, {oomwatch.Crashed, ipc.ProcessCrashed}, {pool.ReasonLost, ipc.ProcessLost},
+		{pool.OutputLimit, ipc.ProcessOutputLimit}, {pool.NotFound, ipc.ProcessNotFound}, {pool.NotExecutable, ipc.ProcessNotExecutable}} {
 		h, _ := pool.OutcomeFrame(1, &pool.Outcome{Kind: pool.ProcessError, Reason: tc.r})
 		if h.Reason != tc.want {
 			t.Errorf("reason %q goes out as %q, want %q", tc.r, h.Reason, tc.want)

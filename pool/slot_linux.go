@@ -54,6 +54,14 @@ type slot struct {
 	// task of another owner: one client's code, loaded into a worker, must
 	// never run beside another client's tasks.
 	owner *owner
+	// killed, if not nil, is closed when the slot's running task is
+	// killed (exec tasks: it aborts the delivery of their output).
+	killed chan struct{}
+	// stop disarms the timeout of the worker task the slot runs; set by
+	// whoever starts the task (the slot goroutine, or a submitter that
+	// hands the task to the slot's waiting worker), used by the slot
+	// goroutine. A slot's, not a Task's: a queued task has no timer.
+	stop func() bool
 
 	// Owned by the slot goroutine.
 	incarnation
@@ -687,8 +695,8 @@ func (s *slot) recoverPanic() {
 	}
 	p.mu.Unlock()
 	if o != nil {
-		if t.stop != nil {
-			t.stop()
+		if s.stop != nil {
+			s.stop()
 		}
 		t.notify(Event{Outcome: o})
 	}
@@ -782,7 +790,7 @@ func (s *slot) runWorkerTask(t *Task, pre *read) {
 	if pre == nil { // the slot starts the task (else a submitter did)
 		restore := s.taskMemory(t)
 		defer restore()
-		t.stop = p.armTimeout(t)
+		s.stop = p.armTimeout(t)
 		h := taskHeader(t)
 		err = w.conn.Write(&h, t.spec.Payload)
 		// Told after the worker has the task, so that the bookkeeping
@@ -790,7 +798,7 @@ func (s *slot) runWorkerTask(t *Task, pre *read) {
 		// connection.
 		t.notify(Event{Running: true, Pid: pid, Leaf: s.leafPath})
 	}
-	defer t.stop()
+	defer s.stop()
 	var reply *msg
 	for err == nil {
 		var m msg
@@ -887,6 +895,10 @@ func (p *Pool) killTaskLocked(t *Task, why killKind) {
 		return
 	}
 	t.kill = why
+	if t.slot.killed != nil {
+		close(t.slot.killed)
+		t.slot.killed = nil
+	}
 	if err := t.slot.group.Kill(); err != nil {
 		p.log.Error("cgroup.kill failed", "slot", t.slot.group.Path(), "err", err)
 	}

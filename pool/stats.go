@@ -59,6 +59,9 @@ type Status struct {
 	Pool    string         `json:"pool"`
 	Kind    Kind           `json:"kind"`
 	Workers []WorkerStatus `json:"workers"`
+	// Env is the pool's environment (what SetEnv set), for cgpool env;
+	// null where it is not shown.
+	Env map[string]string `json:"env"`
 }
 
 // redact removes what a peer of uid may not see of other peers' work: the

@@ -12,6 +12,10 @@ type Spec struct {
 	Payload []byte            // worker pools: the task's input
 	Argv    []string          // exec pools: the command
 	Env     map[string]string // additions, seen by this task only
+	// IO is an exec command's working directory, standard input and
+	// output handling; nil: the supervisor's directory, /dev/null, and
+	// the output kept in the outcome up to the pool's OutputLimit.
+	IO *ExecIO
 
 	Priority     int           // >= 0; lower runs first
 	Timeout      time.Duration // from the start on a worker; 0 = the pool's default (none if 0)
@@ -35,9 +39,74 @@ type Spec struct {
 	Hold bool
 }
 
+// ExecIO is what an exec command takes and gives beyond its argv and
+// environment. It sits behind a pointer in Spec because most tasks have
+// none, and a queued task is most of what a backlog costs.
+type ExecIO struct {
+	// Dir is the working directory, absolute; "" is the supervisor's. The
+	// command enters it as the user it runs as (Go's os/exec changes
+	// directory after the credential is set), so the kernel checks that
+	// user's access.
+	Dir string
+	// Output, when set, takes the command's stdout and stderr as they are
+	// read, instead of the outcome's bounded Stdout and Stderr: nothing
+	// is cut, and nothing piles up in the supervisor.
+	Output OutputFunc
+	// MaxOutput bounds stdout and stderr together, in bytes: a command
+	// that writes more is killed, its outcome a ProcessError with reason
+	// OutputLimit (exactly MaxOutput bytes are delivered). 0: no bound
+	// with Output; without Output, each stream is cut at the pool's
+	// OutputLimit and flagged as truncated.
+	MaxOutput int64
+	// Stdin is the standard input (nil: /dev/null). The pool writes it
+	// from a goroutine of its own and closes the pipe after it, or when
+	// the command has ended.
+	Stdin []byte
+}
+
+// io is the task's ExecIO, the zero one if it has none.
+func (s *Spec) io() *ExecIO {
+	if s.IO == nil {
+		return &noIO
+	}
+	return s.IO
+}
+
+var noIO ExecIO // read only
+
+// Stream names an exec command's output stream.
+type Stream int
+
+const (
+	Stdout Stream = 1
+	Stderr Stream = 2
+)
+
+// OutputFunc takes a chunk of an exec command's output. The pool calls it
+// from one goroutine per stream, in order, with p valid only during the
+// call. It may block: the command then blocks on its full pipe
+// (backpressure), and the task's timeout still runs, for the command and
+// for the delivery of its output. It must return soon once abort is
+// closed: the task was killed (timeout, cancel, output limit) and what is
+// still buffered is dropped after a short grace. An error makes the pool
+// drop the rest of that stream (the command goes on).
+type OutputFunc func(s Stream, p []byte, abort <-chan struct{}) error
+
+// OutputLimit is the reason of a ProcessError for an exec command killed
+// because it wrote more than its ExecIO.MaxOutput.
+const OutputLimit oomwatch.Reason = "output_limit"
+
+// Reasons of a ProcessError for an exec command that could not be
+// started, with the exit status a shell gives for the same (bash(1),
+// EXIT STATUS).
+const (
+	NotFound      oomwatch.Reason = "not_found"      // no such program (exit status 127)
+	NotExecutable oomwatch.Reason = "not_executable" // found, but it cannot be executed (126)
+)
+
 // size is the backlog bytes the task holds while queued.
 func (s *Spec) size() int64 {
-	return int64(len(s.Payload)) + argvBytes(s.Argv) + envBytes(s.Env) + int64(len(s.Affinity))
+	return int64(len(s.Payload)) + argvBytes(s.Argv) + envBytes(s.Env) + int64(len(s.Affinity)) + int64(len(s.io().Dir)) + int64(len(s.io().Stdin))
 }
 
 // OutcomeKind is the kind of a task's one terminal outcome.
@@ -73,9 +142,12 @@ type Outcome struct {
 	ExitCode   int   // exec Result: the command's exit status
 	MemoryPeak int64 // the slot's memory.peak when known
 
-	// Exec results.
+	// Exec results. Stdout and Stderr hold the output unless the task
+	// had an Output (then they are nil); the byte counts are all the
+	// command wrote to each, delivered or not.
 	Stdout, Stderr                   []byte
 	StdoutTruncated, StderrTruncated bool
+	StdoutBytes, StderrBytes         int64
 
 	Timeout time.Duration // TimedOut: the limit that passed
 }
@@ -117,9 +189,7 @@ type Task struct {
 	spec   Spec
 	notify func(Event)
 	slot   *slot
-	// stop disarms the task's timeout; set by whoever starts the task.
-	stop  func() bool
-	state taskState
+	state  taskState
 	// kill is why we killed the task's group (killReason tells it as
 	// oomwatch does), or 0.
 	kill killKind
@@ -132,6 +202,7 @@ const (
 	notKilled killKind = iota
 	killedTimeout
 	killedCancel
+	killedOutput // an exec command wrote more than its ExecIO.MaxOutput
 )
 
 func (k killKind) reason() oomwatch.Reason {
@@ -140,6 +211,8 @@ func (k killKind) reason() oomwatch.Reason {
 		return oomwatch.Timeout
 	case killedCancel:
 		return oomwatch.Cancel
+	case killedOutput:
+		return OutputLimit
 	}
 	return oomwatch.None
 }

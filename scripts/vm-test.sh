@@ -312,7 +312,7 @@ build_root() {
 
 	cp /bin/busybox "$ROOT/bin/busybox"
 	local applet
-	for applet in sh sleep cat echo ls ps kill mkdir true false setsid nohup head dd yes seq env grep awk cut tr tail wc sort xargs; do
+	for applet in sh ash sleep cat echo printf pwd ls ps kill mkdir true false setsid nohup head dd yes seq env grep awk cut tr tail wc sort xargs; do
 		ln -s busybox "$ROOT/bin/$applet"
 	done
 	if [[ -e $ROOT/tests/internal_pyvm.test ]]; then

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -168,6 +169,46 @@ func parseConfig(path string, b []byte) (*fileConfig, error) {
 		}
 	}
 	return &c, nil
+}
+
+// poolConfigs turns the file's pools into pool settings and checks them
+// all: every error is reported at once, each naming its pool, so that
+// fixing one does not reveal the next.
+func (fc *fileConfig) poolConfigs(path string) ([]pool.Config, error) {
+	var cfgs []pool.Config
+	var errs []error
+	seen := map[string]bool{}
+	for i, pc := range fc.Pools {
+		name := pc.Name
+		if name == "" {
+			name = fmt.Sprintf("#%d", i+1)
+		}
+		bad := func(err error) { errs = append(errs, fmt.Errorf("%s: pool %s: %w", path, name, err)) }
+		if seen[pc.Name] {
+			bad(errors.New("configured twice"))
+		}
+		seen[pc.Name] = true
+		if pc.MaxWorkers == 0 {
+			bad(errors.New("max_workers is required: how many workers (or commands) run at once"))
+		}
+		c, err := pc.toPool()
+		if err != nil {
+			bad(err)
+			continue
+		}
+		if pc.MaxWorkers != 0 {
+			if err := c.Validate(); err != nil {
+				if strings.Contains(err.Error(), "pool "+pc.Name+":") {
+					errs = append(errs, fmt.Errorf("%s: %w", path, err)) // it names the pool already
+				} else {
+					bad(err)
+				}
+				continue
+			}
+		}
+		cfgs = append(cfgs, c)
+	}
+	return cfgs, errors.Join(errs...)
 }
 
 func (pc poolConfig) toPool() (pool.Config, error) {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -22,11 +23,18 @@ import (
 const (
 	exitFailure   = 1   // cgpool itself failed
 	exitUsage     = 2   // bad flags or configuration
-	exitCancelled = 120 // cancelled, queue timeout, or rejected
-	exitTimeout   = 124 // the task timed out (as timeout(1))
-	exitOOM       = 125 // the task was killed by the OOM killer at memory.max
-	exitCrashed   = 126 // a worker exited mid-task on its own
-	exitSignal    = 128 // + N: killed by signal N that cgpool did not send
+	exitCancelled = 120 // cancelled, queue timeout, or refused (as asked, the pool cannot run it)
+	// exitOutputLimit: cgpool run --once killed the command for writing
+	// more than --max-output.
+	exitOutputLimit = 122
+	exitTimeout     = 124 // the task timed out (as timeout(1))
+	exitOOM         = 125 // the task was killed by the OOM killer at memory.max
+	// exitNotExecutable and exitNotFound are a shell's: the command was
+	// found but cannot be executed (or could not be started at all), or
+	// it was not found.
+	exitNotExecutable = 126
+	exitNotFound      = 127
+	exitSignal        = 128 // + N: killed by signal N that cgpool did not send; 130 SIGINT, 143 SIGTERM
 )
 
 // exitError carries an exit status out of a command.
@@ -51,9 +59,11 @@ propagation. An OOM kill is told apart from any other death (memory.events), a
 timeout kills the task's whole cgroup (cgroup.kill), and nothing a task starts
 outlives it. Needs Linux 5.14+ with cgroup v2 and a delegated cgroup (systemd
 Delegate=yes, or root).`,
+		Version:       version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("cgpool {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
 	root.AddCommand(serveCmd(), runCmd(), demoCmd(), submitCmd(), statsCmd(), psCmd(), envCmd(), recycleCmd(), shutdownCmd(), checkCmd(), echoWorkerCmd(), checkWorkerCmd(), reapCmd())
 	return root
@@ -67,13 +77,51 @@ func main() {
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
 	default:
-		fmt.Fprintln(os.Stderr, "cgpool:", err)
+		fmt.Fprintln(os.Stderr, "cgpool:", message(err))
 		var ue *usageError
-		if errors.As(err, &ue) || isCobraUsage(err) {
+		var re refusedErr
+		switch {
+		case errors.As(err, &ue) || isCobraUsage(err):
 			os.Exit(exitUsage)
+		case errors.As(err, &re):
+			os.Exit(exitCancelled)
 		}
 		os.Exit(exitFailure)
 	}
+}
+
+// message is err's text without the "cgpool: " that the client and ipc
+// packages start their errors with: main says "cgpool:" once.
+func message(err error) string {
+	m := strings.TrimPrefix(err.Error(), "cgpool: ")
+	return strings.ReplaceAll(m, ": cgpool: ", ": ")
+}
+
+// version is the module's version, or the VCS revision it was built from.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown version)"
+	}
+	v := bi.Main.Version
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if (v == "" || v == "(devel)") && rev != "" {
+		v = "devel " + rev[:min(12, len(rev))] + dirty
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	return v + " (" + bi.GoVersion + ")"
 }
 
 // isCobraUsage tells cobra's own argument errors (flag errors are wrapped

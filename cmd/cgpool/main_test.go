@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +23,9 @@ import (
 // TestMain lets the test binary act as the cgpool command.
 func TestMain(m *testing.M) {
 	if os.Getenv("CGPOOL_TEST_MAIN") == "1" {
+		if f := os.Getenv("CGPOOL_TEST_RSS"); f != "" {
+			rssMain(f)
+		}
 		main()
 		os.Exit(0)
 	}
@@ -29,6 +34,26 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	kerneltest.Main(m)
+}
+
+// rssMain runs "cgpool args..." as a child, writes its peak RSS (KiB, from
+// wait4) to file and exits with its status. A child that Go's os/exec
+// starts from a big process (the test) inherits that process's peak RSS
+// at its execve (the kernel keeps ru_maxrss across execve, and Go starts
+// children with CLONE_VM): started from this small process instead, the
+// figure is cgpool's own.
+func rssMain(file string) {
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "CGPOOL_TEST_RSS=") })
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	if cmd.ProcessState == nil {
+		fmt.Fprintln(os.Stderr, "rssMain:", err)
+		os.Exit(1)
+	}
+	os.WriteFile(file, []byte(strconv.FormatInt(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss, 10)), 0o644)
+	os.Exit(cmd.ProcessState.ExitCode())
 }
 
 // cgpool runs the test binary as "cgpool args...".
@@ -62,6 +87,13 @@ func requireCgroups(t testing.TB) {
 // down and must leave no socket behind.
 func startServe(t testing.TB, args ...string) string {
 	t.Helper()
+	sock, _ := startServeCmd(t, args...)
+	return sock
+}
+
+// startServeCmd is startServe that also returns the serve process.
+func startServeCmd(t testing.TB, args ...string) (string, *exec.Cmd) {
+	t.Helper()
 	requireCgroups(t)
 	sock := filepath.Join(shortTempDir(t, "cgpool-cli"), "cgpool.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -79,7 +111,7 @@ func startServe(t testing.TB, args ...string) string {
 			t.Errorf("socket left behind: %v", err)
 		}
 	})
-	return sock
+	return sock, cmd
 }
 
 // shortTempDir makes a private directory with a short path (a socket path
@@ -141,7 +173,7 @@ func TestSubmitExitCodes(t *testing.T) {
 	if err := cmd.Run(); err != nil || so.String() != "out\n" || se.String() != "err\n" {
 		t.Errorf("relay: stdout %q stderr %q err %v", so.String(), se.String(), err)
 	}
-	out, err := cgpool(ctx, "stats", "--socket", sock).Output()
+	out, err := cgpool(ctx, "stats", "--json", "--socket", sock).Output()
 	if err != nil || !strings.Contains(string(out), `"tasks_received": 5`) {
 		t.Errorf("cgpool stats: %v\n%s", err, out)
 	}
@@ -158,7 +190,7 @@ func TestSubmitExitCodes(t *testing.T) {
 	if out, err := cmd.Output(); err != nil || string(out) != "hi\n" {
 		t.Errorf("after cgpool env + recycle, the task printed %q (%v), want hi", out, err)
 	}
-	if out, err := cgpool(ctx, "submit", "--socket", sock, "--priority", "-1", "--", "true").CombinedOutput(); exitStatus(t, err) != exitCancelled {
+	if out, err := cgpool(ctx, "submit", "--socket", sock, "--priority", "-1", "--", "true").CombinedOutput(); exitStatus(t, err) != exitUsage {
 		t.Errorf("negative priority: %v\n%s", err, out)
 	}
 }
@@ -195,7 +227,7 @@ func TestRunTemplate(t *testing.T) {
 			t.Errorf("stdout %q lacks %q", so.String(), want)
 		}
 	}
-	if !strings.Contains(se.String(), "4 commands: 3 succeeded, 1 failed (exit 7 1)") {
+	if !strings.Contains(se.String(), "cgpool: 4 commands: 3 succeeded, 1 failed (exit 7: 1)\n") {
 		t.Errorf("summary missing from stderr %q", se.String())
 	}
 }
@@ -264,7 +296,7 @@ func TestStaleRootSwept(t *testing.T) {
 	if _, err := os.Stat(stale); err != nil {
 		t.Fatalf("the killed supervisor's root is already gone (%v); nothing to test", err)
 	}
-	if out, err := cgpool(ctx, "run", "--", "true").CombinedOutput(); err != nil {
+	if out, err := cgpool(ctx, "run", "--once", "--", "true").CombinedOutput(); err != nil {
 		t.Fatalf("cgpool run: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {

@@ -49,7 +49,8 @@ func (f *poolFlags) register(cmd *cobra.Command, defaultKind string) {
 	fl.StringVar(&f.kind, "kind", defaultKind, "pool kind: exec (a command per task) or worker (a long-lived worker program)")
 	fl.StringVar(&f.command, "worker-command", "", "worker program for a worker pool, split on spaces (e.g. \"python3 -m cgpool.worker\")")
 	fl.IntVarP(&f.maxWorkers, "max-workers", "j", runtime.NumCPU(), "most workers (slots) running at once")
-	fl.IntVar(&f.minWorkers, "min-workers", -1, "workers kept when idle (default: max-workers; 0 scales to zero)")
+	f.minWorkers = -1
+	fl.Var(optInt{&f.minWorkers}, "min-workers", "workers kept when idle (default: max-workers; 0 scales to zero)")
 	fl.IntVar(&f.maxTasksPerChild, "max-tasks-per-child", 0, "replace a worker after this many tasks (0: never)")
 	fl.IntVar(&f.spareWorkers, "spare-workers", 0, "workers kept started beyond max-workers, to replace a dead one at once (worker pools)")
 	fl.StringVar(&f.maxWorkerMemory, "max-worker-memory", "", "replace a worker whose cgroup uses this much after a task (e.g. 512M)")
@@ -64,6 +65,26 @@ func (f *poolFlags) register(cmd *cobra.Command, defaultKind string) {
 	fl.DurationVar(&f.maxTimeout, "max-timeout", 0, "longest per-task timeout a client may ask for (0: --timeout if set, else none)")
 	fl.StringVar(&f.user, "user", "", "run workers and commands as this user (a name or uid) with its groups; default for a root daemon: each command as the user who submitted it")
 	fl.BoolVar(&f.allowRoot, "allow-root", false, "let a root daemon run tasks as root (a root peer's commands, or a worker pool without --user)")
+}
+
+// optInt is an int flag whose unset value (-1) has no default to print:
+// its usage says what unset means.
+type optInt struct{ p *int }
+
+func (o optInt) String() string {
+	if o.p == nil || *o.p < 0 {
+		return ""
+	}
+	return strconv.Itoa(*o.p)
+}
+func (o optInt) Type() string { return "int" }
+func (o optInt) Set(v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q: want a count, 0 or more", v)
+	}
+	*o.p = n
+	return nil
 }
 
 func (f *poolFlags) config() (pool.Config, error) {
@@ -148,6 +169,7 @@ func serveCmd() *cobra.Command {
 		configPath, socket, root, logLevel  string
 		exitWithStdin, ready, metricsRemote bool
 		privateDir, metricsAddr             string
+		grace                               time.Duration
 		pf                                  poolFlags
 	)
 	cmd := &cobra.Command{
@@ -165,9 +187,14 @@ socket listens, keeps a STATUS= line (workers busy and idle, tasks queued,
 per pool) and pings WatchdogSec= from its main loop, and with socket
 activation (a cgpool.socket unit) it serves the socket systemd passes
 instead of making one: see contrib/systemd. --metrics-addr serves
-Prometheus metrics (README.md lists them). SIGINT/SIGTERM shut it down: queued tasks are cancelled,
-running ones get --shutdown-deadline, then everything is killed and every
-cgroup and the socket file are removed.`,
+Prometheus metrics (README.md lists them).
+
+SIGINT, SIGTERM or SIGHUP shuts it down: queued tasks are cancelled, running ones get
+--shutdown-deadline (10s) to finish, then everything is killed and every cgroup
+and the socket file are removed.
+
+Exit status: 0 after a shutdown; 2 for bad flags or configuration (every
+error of the file is told at once); 1 if it could not serve.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(logLevel)
@@ -197,16 +224,15 @@ cgroup and the socket file are removed.`,
 				fc.MetricsAddr = metricsAddr
 			}
 			fc.MetricsAllowRemote = fc.MetricsAllowRemote || metricsRemote
-			var cfgs []pool.Config
-			for _, pc := range fc.Pools {
-				c, err := pc.toPool()
-				if err != nil {
-					return usageErr(err)
-				}
-				cfgs = append(cfgs, c)
+			cfgs, err := fc.poolConfigs(configPath)
+			if err != nil {
+				return usageErr(err)
 			}
 			if len(cfgs) == 0 {
 				c, err := pf.config()
+				if err == nil {
+					err = c.Validate()
+				}
 				if err != nil {
 					return usageErr(err)
 				}
@@ -220,7 +246,10 @@ cgroup and the socket file are removed.`,
 				// have been SIGKILLed and cannot do it.
 				defer os.RemoveAll(privateDir)
 			}
-			return serve(cmd.Context(), log, fc, cfgs, exitWithStdin, ready, privateDir)
+			if grace < 0 {
+				return usageErr(fmt.Errorf("--shutdown-deadline %v: must not be negative", grace))
+			}
+			return serve(cmd.Context(), log, fc, cfgs, exitWithStdin, ready, privateDir, grace)
 		},
 	}
 	fl := cmd.Flags()
@@ -230,6 +259,7 @@ cgroup and the socket file are removed.`,
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&exitWithStdin, "exit-with-stdin", false, "shut down when stdin reaches end of file (for a parent that owns this supervisor)")
 	fl.BoolVar(&ready, "ready", false, "print \"ready SOCKET\" on stdout once the socket listens")
+	fl.DurationVar(&grace, "shutdown-deadline", 10*time.Second, "on SIGINT, SIGTERM or SIGHUP, how long running tasks may go on before they are killed")
 	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics: [HOST:]PORT, 127.0.0.1 when only a port is given (default: off)")
 	fl.BoolVar(&metricsRemote, "metrics-allow-remote", false, "let --metrics-addr listen on an address other hosts can reach (0.0.0.0, a LAN address)")
 	fl.StringVar(&privateDir, "private-dir", "", "a directory made for this supervisor alone (its socket's); removed with everything in it on exit")
@@ -237,7 +267,7 @@ cgroup and the socket file are removed.`,
 	return cmd
 }
 
-func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Config, exitWithStdin, ready bool, privateDir string) error {
+func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Config, exitWithStdin, ready bool, privateDir string, grace time.Duration) error {
 	// SIGHUP (a closed terminal, a dropped SSH session) shuts down as
 	// SIGTERM does: tasks must not run on with nobody to report to.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -320,7 +350,7 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 			<-make(chan struct{})
 		case <-ctx.Done():
 			log.Info("shutting down", "reason", context.Cause(ctx))
-			opts = pool.ShutdownOptions{Wait: true, CancelFutures: true, Deadline: 10 * time.Second}
+			opts = pool.ShutdownOptions{Wait: true, CancelFutures: true, Deadline: max(grace, time.Nanosecond)}
 			if exitWithStdin {
 				// The owner is gone: nobody waits for results, so kill what runs.
 				opts = pool.ShutdownOptions{Wait: false, CancelFutures: true}

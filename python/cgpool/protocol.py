@@ -38,9 +38,10 @@ PREFIX = struct.Struct(">II")
 FIELD_ORDER = (
     "type", "id", "version", "client", "server", "pools", "pid", "leaf",
     "init_error", "pool", "priority", "timeout_ms", "queue_timeout_ms",
-    "memory_max", "env", "argv", "hold", "reason", "code", "message",
+    "memory_max", "env", "argv", "cwd", "affinity", "stream_output",
+    "max_output", "hold", "reason", "code", "message",
     "traceback", "exit_code", "signal", "memory_peak", "stdout_len",
-    "stdout_truncated", "stderr_truncated", "rss", "mode", "ok", "state",
+    "stdout_truncated", "stderr_truncated", "stream", "rss", "mode", "ok", "state",
     "stats", "status", "replace", "wait", "cancel_futures", "deadline_ms",
 )
 _RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
