@@ -102,7 +102,7 @@ func (s *slot) runExec(t *Task) {
 		return
 	}
 	start := time.Now()
-	proc, err := spawn.Start(spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)})
+	proc, err := spawn.Start(spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Cgroup: s.leafDir, ProcessGroupOnly: s.leaf.Reduced(), Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)})
 	wo.Close()
 	we.Close()
 	if err != nil {
@@ -115,6 +115,7 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: 127, Message: msg, Leaf: s.leafPath})
 		return
 	}
+	s.leaf.Track(proc.Pid()) // reduced mode: its process group is its container
 	p.observeSpawn(start)
 	wg.Add(2)
 	go out.fill(ro, p.cfg.OutputLimit, &wg)

@@ -89,10 +89,22 @@ func psCmd() *cobra.Command {
 					if w.Task != 0 {
 						task = fmt.Sprint(w.Task)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", name, w.Slot, w.Pid, w.State, task, human(w.MemoryCurrent), human(w.MemoryPeak), w.TasksDone, w.Leaf)
+					leaf := w.Leaf
+					if leaf == "" && len(all[name].MissingGuarantees) > 0 {
+						leaf = "(process group)"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", name, w.Slot, w.Pid, w.State, task, human(w.MemoryCurrent), human(w.MemoryPeak), w.TasksDone, leaf)
 				}
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, name := range slices.Sorted(maps.Keys(all)) {
+				if m := all[name].MissingGuarantees; len(m) > 0 {
+					fmt.Printf("pool %s runs in reduced mode (no writable cgroup v2); missing guarantees: %s\n", name, strings.Join(m, "; "))
+				}
+			}
+			return nil
 		})
 }
 

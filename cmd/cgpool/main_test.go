@@ -21,6 +21,7 @@ import (
 // TestMain lets the test binary act as the cgpool command.
 func TestMain(m *testing.M) {
 	if os.Getenv("CGPOOL_TEST_MAIN") == "1" {
+		readOnlyCgroupForTest() // see roCgroup (reduced_test.go)
 		main()
 		os.Exit(0)
 	}

@@ -212,9 +212,15 @@ func runJobs(ctx context.Context, o runOptions, jobs []job) ([]jobResult, error)
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
-	root, err := openRoot(ctx, o.root, log)
+	root, err := openRootOrReduced(ctx, o.root, true, "", log)
 	if err != nil {
 		return nil, err
+	}
+	if root.Reduced() {
+		if err := reducedRefusals(o, jobs); err != nil {
+			_ = root.Release(ctx)
+			return nil, err
+		}
 	}
 	defer func() {
 		if err := root.Release(context.Background()); err != nil {
@@ -308,6 +314,8 @@ func printResult(r jobResult, quiet, numbered bool) {
 	case o.Kind == pool.Result && o.ExitCode == 0:
 	case o.Kind == pool.Result:
 		fmt.Fprintf(os.Stderr, "cgpool: %sexited with status %d: %s\n", tag, o.ExitCode, r.job.label)
+	case o.Kind == pool.TimedOut && o.Leaf == "": // reduced mode: no cgroup, a process group
+		fmt.Fprintf(os.Stderr, "cgpool: %stimed out after %v; its process group (pid %d and what it started there) was killed: %s\n", tag, o.Timeout, o.Pid, r.job.label)
 	case o.Kind == pool.TimedOut:
 		fmt.Fprintf(os.Stderr, "cgpool: %stimed out after %v; its cgroup (pid %d and everything it started) was killed: %s\n", tag, o.Timeout, o.Pid, r.job.label)
 	default:
@@ -338,4 +346,26 @@ func summarize(w io.Writer, results []jobResult, always bool) int {
 	}
 	fmt.Fprintln(w, line)
 	return failed
+}
+
+// reducedRefusals refuses, in reduced mode, the limits it cannot enforce:
+// a limit that is silently not applied is worse than none asked for.
+func reducedRefusals(o runOptions, jobs []job) error {
+	var asked []string
+	if o.memoryMax > 0 {
+		asked = append(asked, "--memory-max")
+	}
+	if o.pidsMax > 0 {
+		asked = append(asked, "--pids-max")
+	}
+	for _, j := range jobs {
+		if j.memoryMax > 0 && o.memoryMax <= 0 {
+			asked = append(asked, "a job's memory limit")
+			break
+		}
+	}
+	if len(asked) == 0 {
+		return nil
+	}
+	return usageErr(fmt.Errorf("%s: refused in reduced mode (no writable cgroup v2 here), which cannot enforce a limit; drop the limit to run unconfined, or run where a delegated cgroup v2 exists", strings.Join(asked, ", ")))
 }

@@ -148,6 +148,7 @@ func serveCmd() *cobra.Command {
 		configPath, socket, root, logLevel  string
 		exitWithStdin, ready, metricsRemote bool
 		privateDir, metricsAddr             string
+		allowNoCgroup                       bool
 		pf                                  poolFlags
 	)
 	cmd := &cobra.Command{
@@ -220,6 +221,9 @@ cgroup and the socket file are removed.`,
 				// have been SIGKILLed and cannot do it.
 				defer os.RemoveAll(privateDir)
 			}
+			// A private supervisor (the Python Executor's) is embedded use,
+			// as cgpool run is: it falls back to reduced mode by itself.
+			fc.AllowNoCgroup = fc.AllowNoCgroup || allowNoCgroup || privateDir != ""
 			return serve(cmd.Context(), log, fc, cfgs, exitWithStdin, ready, privateDir)
 		},
 	}
@@ -232,6 +236,7 @@ cgroup and the socket file are removed.`,
 	fl.BoolVar(&ready, "ready", false, "print \"ready SOCKET\" on stdout once the socket listens")
 	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics: [HOST:]PORT, 127.0.0.1 when only a port is given (default: off)")
 	fl.BoolVar(&metricsRemote, "metrics-allow-remote", false, "let --metrics-addr listen on an address other hosts can reach (0.0.0.0, a LAN address)")
+	fl.BoolVar(&allowNoCgroup, "allow-no-cgroup", false, "where no writable cgroup v2 can be had, run in reduced mode (process groups: no memory limit, no OOM classification, escapees from a process group are not killed) instead of refusing to start")
 	fl.StringVar(&privateDir, "private-dir", "", "a directory made for this supervisor alone (its socket's); removed with everything in it on exit")
 	pf.register(cmd, "exec")
 	return cmd
@@ -274,8 +279,12 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 		return err
 	}
 	defer mx.stop(log)
-	root, err := openRoot(ctx, fc.Root, log)
+	root, err := openRootOrReduced(ctx, fc.Root, fc.AllowNoCgroup, "cgpool serve refuses to start without one; pass --allow-no-cgroup (or allow_no_cgroup = true) to run in reduced mode", log)
 	if err != nil {
+		var nc *noCgroupError
+		if errors.As(err, &nc) {
+			return usageErr(err)
+		}
 		return err
 	}
 	defer func() {
