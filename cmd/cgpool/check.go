@@ -193,6 +193,9 @@ func rootOrigin(flag string, r *cgroup.Root) string {
 	case os.Getenv("CGPOOL_SLOT_CGROUP") != "":
 		return "a group in the cgpool slot this runs in (nested)"
 	}
+	if b := filepath.Base(r.Path()); strings.HasPrefix(b, "cgpool-") && strings.HasSuffix(b, ".scope") {
+		return "a transient scope with Delegate=yes that systemd made for us"
+	}
 	self, _ := cgroup.SelfPath()
 	if m, err := cgroup.FindMount(); err == nil {
 		own := m.HostPath(self)

@@ -23,6 +23,9 @@ import (
 //     is not the hierarchy's root; its parent, when we already run in a
 //     "supervisor" group of a delegated parent (DelegateSubgroup=supervisor,
 //     systemd 254+);
+//   - on a systemd host, a transient scope cgpool-<pid>.scope with
+//     Delegate=yes from the user's own manager (or, as root, the system
+//     manager), over D-Bus (cgroup.StartScope; CGPOOL_NO_SCOPE=1 skips it);
 //   - else a new group cgpool-<pid> at the top of the hierarchy (as root on
 //     a machine without systemd delegation, like the hybrid build hosts).
 //
@@ -58,23 +61,44 @@ func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root,
 			return nil, err
 		}
 		if dir := m.HostPath(self); self != "/" {
+			// On a systemd host only a cgroup systemd delegated is ours,
+			// however writable (root may write any).
+			delegated := func(d string) bool { return !cgroup.SystemdRunning() || cgroup.SystemdDelegated(ctx, d) }
 			// systemd 254+ with DelegateSubgroup=supervisor starts us in
 			// <unit>/supervisor: the delegated root is its parent.
 			if filepath.Base(dir) == cgroup.SupervisorName {
-				if r, err = cgroup.OpenRoot(filepath.Dir(dir), log); err == nil {
+				if r, err = cgroup.OpenRoot(filepath.Dir(dir), log); err == nil && delegated(filepath.Dir(dir)) {
 					break
 				}
 			}
-			if r, err = cgroup.OpenRoot(dir, log); err == nil {
+			if r, err = cgroup.OpenRoot(dir, log); err == nil && delegated(dir) {
 				break
 			}
+		}
+		// Not delegated: on a systemd host, ask the manager (the user's
+		// own, or as root the system's) for a transient scope with
+		// Delegate=yes, as rootless container tools do.
+		var scopeErr error
+		if cgroup.SystemdRunning() && os.Getenv("CGPOOL_NO_SCOPE") == "" {
+			dir, err := cgroup.StartScope(ctx, log)
+			if err == nil {
+				if r, err = cgroup.OpenRoot(dir, log); err == nil {
+					break
+				}
+			}
+			scopeErr = err
+			log.Warn("systemd gave no delegated transient scope; trying without", "err", err)
 		}
 		sweepStaleRoots(ctx, m, log)
 		dir := filepath.Join(m.Point, "cgpool-"+strconv.Itoa(os.Getpid()))
 		if r, err = cgroup.MkdirRoot(dir, log); err != nil {
+			why := fmt.Sprintf("own cgroup %s not delegated; cannot make %s: %v", self, dir, err)
+			if scopeErr != nil {
+				why += "; no transient scope from systemd: " + scopeErr.Error()
+			}
 			return nil, &noCgroupError{
-				why: fmt.Sprintf("own cgroup %s not delegated; cannot make %s: %v", self, dir, err),
-				err: fmt.Errorf("no delegated cgroup to manage: our own cgroup %s is not delegated to us, and %s cannot be created (%w); run cgpool as a systemd service with Delegate=yes, as root, or pass --root", self, dir, err),
+				why: why,
+				err: fmt.Errorf("no delegated cgroup to manage: our own cgroup %s is not delegated to us, systemd gave no transient scope (%v), and %s cannot be created (%w); run cgpool as a systemd service with Delegate=yes, as root, or pass --root", self, scopeErr, dir, err),
 			}
 		}
 	}
