@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -148,6 +149,37 @@ func TestReducedModeReadOnlyCgroupfs(t *testing.T) {
 		cmd.Stderr = &errb
 		if code := exitStatus(t, cmd.Run()); code != exitUsage || !strings.Contains(errb.String(), "--allow-no-cgroup") {
 			t.Errorf("exit %d, stderr %q: want %d and a hint at --allow-no-cgroup", code, errb.String(), exitUsage)
+		}
+	})
+	t.Run("private serve falls back by itself", func(t *testing.T) {
+		// The Python Executor's private supervisor: serve --private-dir.
+		dir := shortTempDir(t, "cgpool-ro")
+		sock := filepath.Join(dir, "s.sock")
+		var errb bytes.Buffer
+		cmd := roCgroup(ctx, t, "serve", "--socket", sock, "--private-dir", dir, "--ready", "--exit-with-stdin", "--allow-root", "--log-level", "warn")
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		stdin.Close() // the owner goes: the supervisor shuts down
+		werr := cmd.Wait()
+		if err != nil || line != "ready "+sock+"\n" {
+			t.Fatalf("private serve said %q, %v (exit %v); stderr:\n%s", line, err, werr, errb.String())
+		}
+		if werr != nil {
+			t.Errorf("private serve: %v\n%s", werr, errb.String())
+		}
+		if n := strings.Count(errb.String(), "reduced mode"); n != 1 || strings.Count(errb.String(), "\n") != 1 {
+			t.Errorf("private serve's stderr %q: want the one reduced-mode line", errb.String())
 		}
 	})
 	t.Run("serve --allow-no-cgroup", func(t *testing.T) {
