@@ -111,6 +111,15 @@ command and everything it started (a detached daemon included), --memory-max
 sets memory.max (an OOM kill is reported as such), and nothing a command starts
 outlives it.
 
+The cgroup comes from where cgpool runs: a delegated systemd unit; else, on a
+systemd host, a transient scope with Delegate=yes from your own (or, as root,
+the system's) service manager over D-Bus; else, as root, a new group at the
+top of the cgroup v2 tree. Where none can be had (a read-only /sys/fs/cgroup
+in a container), it runs in reduced mode and says so in one line on stderr:
+process groups instead of cgroups, so a process that leaves its process group
+is not killed, no limit is enforced (--memory-max and --pids-max are refused),
+and an OOM kill is reported as killed, not oom.
+
 Each command's output is printed when it ends; a progress bar is shown on a
 terminal; a summary of failures by reason ends the run.
 

@@ -155,9 +155,15 @@ func serveCmd() *cobra.Command {
 		Use:   "serve",
 		Short: "Run the supervisor daemon: pools of workers in cgroups, served on a unix socket",
 		Long: `Run the cgpool supervisor. It takes over a delegated cgroup (its own under
-systemd with Delegate=yes, else a new one at the top of the cgroup v2 tree when
-run as root), keeps each pool's workers in their own cgroup slots, and serves
-clients (cgpool submit, the Go client, the Python Executor) on a unix socket.
+systemd with Delegate=yes; else, on a systemd host, a transient scope with
+Delegate=yes that it asks the user's or, as root, the system's service manager
+for over D-Bus; else a new one at the top of the cgroup v2 tree when run as
+root), keeps each pool's workers in their own cgroup slots, and serves clients
+(cgpool submit, the Go client, the Python Executor) on a unix socket. Where no
+writable cgroup v2 can be had it refuses to start (exit 2) unless given
+--allow-no-cgroup: reduced mode, process groups instead of cgroups, no limits,
+no OOM classification (README.md, "Reduced mode"); with --private-dir (the
+Python Executor's own supervisor) it falls back to reduced mode by itself.
 
 Pools come from --config (TOML, or JSON if the file name ends in .json; see
 README.md for the keys) or, for one pool, from the flags below. Logs are
