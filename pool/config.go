@@ -39,10 +39,15 @@ type Config struct {
 	Kind    Kind     `toml:"kind"`
 	Command []string `toml:"command"` // the worker program (worker pools)
 
-	MaxWorkers       int           `toml:"max_workers"`
-	MinWorkers       *int          `toml:"min_workers"` // nil: = MaxWorkers
-	IdleDelay        time.Duration `toml:"idle_delay"`  // idle time before a worker above MinWorkers retires
-	MaxTasksPerChild int           `toml:"max_tasks_per_child"`
+	MaxWorkers int           `toml:"max_workers"`
+	MinWorkers *int          `toml:"min_workers"` // nil: = MaxWorkers
+	IdleDelay  time.Duration `toml:"idle_delay"`  // idle time before a worker above MinWorkers retires
+	// StartWorkers is how many workers the pool starts with (0: MinWorkers;
+	// at most MaxWorkers). Those above MinWorkers wait for their first
+	// task without an idle deadline and retire by IdleDelay after it, as
+	// Deadpool's first max_workers workers do.
+	StartWorkers     int `toml:"start_workers"`
+	MaxTasksPerChild int `toml:"max_tasks_per_child"`
 	// SpareWorkers keeps this many workers started beyond the slots, each
 	// in its own slot group, so that a worker that dies is replaced by one
 	// that has already said hello (worker pools; a Python worker takes tens
@@ -149,6 +154,9 @@ func (c Config) normalize() (Config, error) {
 	}
 	if *c.MinWorkers < 0 || *c.MinWorkers > c.MaxWorkers {
 		return c, fmt.Errorf("pool %s: min_workers %d must be in 0..max_workers (%d)", c.Name, *c.MinWorkers, c.MaxWorkers)
+	}
+	if c.StartWorkers < 0 || c.StartWorkers > c.MaxWorkers {
+		return c, fmt.Errorf("pool %s: start_workers %d must be in 0..max_workers (%d)", c.Name, c.StartWorkers, c.MaxWorkers)
 	}
 	if c.IdleDelay <= 0 {
 		c.IdleDelay = DefaultIdleDelay

@@ -98,8 +98,10 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 	}
 	p.stats.MaxWorkers, p.stats.MinWorkers = cfg.MaxWorkers, *cfg.MinWorkers
 	p.mu.Lock()
-	for range *cfg.MinWorkers {
-		p.startSlotLocked()
+	// With start_workers above min_workers, none of the first workers has
+	// an idle deadline before its first task (see slot.firstWait).
+	for range max(cfg.StartWorkers, *cfg.MinWorkers) {
+		p.startSlotLocked().firstWait = cfg.StartWorkers > *cfg.MinWorkers
 	}
 	p.mu.Unlock()
 	p.refillSpares()
@@ -387,12 +389,13 @@ func (p *Pool) ownerReturningLocked(t *Task) bool {
 	return false
 }
 
-func (p *Pool) startSlotLocked() {
+func (p *Pool) startSlotLocked() *slot {
 	s := &slot{p: p, wake: make(chan struct{}, 1), state: "starting", inStarting: true}
 	p.slots[s] = struct{}{}
 	p.starting++
 	p.wg.Add(1)
 	go s.run()
+	return s
 }
 
 // signalRoomLocked tells held submitters that the backlog has room.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -480,5 +481,61 @@ func TestSlotPanicIsContained(t *testing.T) {
 					st.SlotPanics, st.FailuresByReason, n)
 			}
 		})
+	}
+}
+
+// TestStartWorkers: a pool with start_workers above min_workers starts
+// that many; those that have run no task stay (no idle deadline before
+// their first); after a task a worker above min_workers retires by its
+// idle delay. Deadpool's figures for min 5, max 10 and two bursts of 6:
+// created 10, then 11.
+func TestStartWorkers(t *testing.T) {
+	_, p := newPool(t, func(c *pool.Config) {
+		c.MaxWorkers, c.MinWorkers, c.StartWorkers, c.IdleDelay = 10, intp(5), 10, 20*time.Millisecond
+	})
+	waitStats := func(what string, ok func(pool.Stats) bool) pool.Stats {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st := p.Stats()
+			if ok(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 30 s: %+v", what, st)
+			}
+			time.Sleep(5 * time.Millisecond) // polling the pool's counters with a deadline
+		}
+	}
+	waitStats("10 workers up", func(st pool.Stats) bool { return st.WorkerProcessesIdle == 10 })
+	// Ten idle delays: none of the unused five retires.
+	time.Sleep(10 * 20 * time.Millisecond)
+	if st := p.Stats(); st.WorkerProcessesStillAlive != 10 || st.WorkersRetired != 0 {
+		t.Fatalf("unused start workers retired: %+v", st)
+	}
+	var created []int64
+	for range 2 {
+		var fs []*future
+		for range 6 {
+			fs = append(fs, submit(t, p, pool.Spec{Payload: []byte("sleep:100")}))
+		}
+		for _, f := range fs {
+			if o := f.wait(t, 30*time.Second); o.Kind != pool.Result {
+				t.Fatalf("burst: %+v", o)
+			}
+		}
+		st := waitStats("back to 5", func(st pool.Stats) bool { return st.WorkerProcessesStillAlive == 5 && st.WorkerProcessesIdle == 5 })
+		created = append(created, st.WorkerProcessesCreated)
+	}
+	if !slices.Equal(created, []int64{10, 11}) {
+		t.Errorf("workers created after each burst %v, want [10 11] (Deadpool's)", created)
+	}
+}
+
+func TestStartWorkersChecked(t *testing.T) {
+	cfg := testConfig(func(c *pool.Config) { c.MaxWorkers, c.StartWorkers = 2, 3 })
+	_, err := pool.NewSupervisor(kerneltest.NewRoot(t), []pool.Config{cfg}, nil)
+	if err == nil || !strings.Contains(err.Error(), "start_workers 3 must be in 0..max_workers (2)") {
+		t.Errorf("start_workers above max_workers: %v", err)
 	}
 }

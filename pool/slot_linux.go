@@ -44,6 +44,11 @@ type slot struct {
 	tasksDone  int64
 	startErr   string // why the last start failed, until one succeeds
 	inStarting bool   // counted in p.starting
+	// firstWait: one of the pool's first workers (start_workers above
+	// MinWorkers) that has not run a task yet: it waits for its first
+	// without an idle deadline, as Deadpool's first max_workers workers
+	// retire only as they finish a task with nothing queued.
+	firstWait bool
 	// owner is whose tasks the slot's worker runs (worker pools): set by
 	// its first task, cleared with each new worker. A worker never runs a
 	// task of another owner: one client's code, loaded into a worker, must
@@ -481,7 +486,7 @@ func (s *slot) next() (t *Task, restart bool, pre *read) {
 		s.state = "idle"
 		p.idle = append(p.idle, s)
 		var idleAt time.Time
-		if len(p.slots) > *p.cfg.MinWorkers {
+		if len(p.slots) > *p.cfg.MinWorkers && !s.firstWait {
 			idleAt = idleSince.Add(p.cfg.IdleDelay)
 		}
 		if s.w != nil {
@@ -611,6 +616,7 @@ func (s *slot) takeLocked(t *Task) {
 		s.owner = &o
 	}
 	p.leaveQueueLocked(t)
+	s.firstWait = false
 	t.state, t.slot = running, s
 	s.task, s.state, s.taskStart = t, "busy", time.Now()
 	p.stats.TasksLaunched++

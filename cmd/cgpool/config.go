@@ -49,6 +49,7 @@ type poolConfig struct {
 	Command              []string          `toml:"command" json:"command"`
 	MaxWorkers           int               `toml:"max_workers" json:"max_workers"`
 	MinWorkers           *int              `toml:"min_workers" json:"min_workers"`
+	StartWorkers         int               `toml:"start_workers" json:"start_workers"`
 	IdleDelay            string            `toml:"idle_delay" json:"idle_delay"`
 	MaxTasksPerChild     int               `toml:"max_tasks_per_child" json:"max_tasks_per_child"`
 	SpareWorkers         int               `toml:"spare_workers" json:"spare_workers"`
@@ -187,7 +188,7 @@ func (pc poolConfig) toPool() (pool.Config, error) {
 	}
 	return pool.Config{
 		Name: pc.Name, Kind: pool.Kind(pc.Kind), Command: pc.Command,
-		MaxWorkers: pc.MaxWorkers, MinWorkers: pc.MinWorkers, IdleDelay: idle,
+		MaxWorkers: pc.MaxWorkers, MinWorkers: pc.MinWorkers, StartWorkers: pc.StartWorkers, IdleDelay: idle,
 		MaxTasksPerChild: pc.MaxTasksPerChild, SpareWorkers: pc.SpareWorkers, MaxWorkerMemoryBytes: int64(pc.MaxWorkerMemoryBytes),
 		TrimThresholdBytes: int64(pc.TrimThresholdBytes), MemoryMax: int64(pc.MemoryMax), MemoryHigh: int64(pc.MemoryHigh),
 		PidsMax: pc.PidsMax, CPUWeight: pc.CPUWeight, CPUMax: pc.CPUMax, MaxBacklog: pc.MaxBacklog,

@@ -296,13 +296,15 @@ func checkStatsLatency(t *testing.T, what string, l latencies) {
 		what, len(lat), lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1], l.floor.Round(time.Microsecond))
 	// The target is 100 ms throughout. On a shared 2-CPU machine a single
 	// round trip among hundreds is sometimes descheduled past it (CI saw
-	// 104 ms once with 64 processes starting), so the gate is: 99 in 100
-	// under 100 ms, and none over 250 ms plus the floor, which still
-	// catches stats waiting behind a lock or a slow operation.
-	if p99 := lat[len(lat)*99/100]; p99 > 100*time.Millisecond {
-		t.Errorf("%s: stats p99 %v, more than 100 ms", what, p99)
+	// 104 ms once with 64 processes starting), and a machine busy with
+	// other work delays every process: the gate is 99 in 100 under 100 ms
+	// above the floor measured in the same run, and none over 250 ms above
+	// twice it, which still catches stats waiting behind a lock or a slow
+	// operation.
+	if p99, limit := lat[len(lat)*99/100], 100*time.Millisecond+l.floor; p99 > limit {
+		t.Errorf("%s: stats p99 %v, more than %v", what, p99, limit)
 	}
-	if limit := 250*time.Millisecond + l.floor; lat[len(lat)-1] > limit {
+	if limit := 250*time.Millisecond + 2*l.floor; lat[len(lat)-1] > limit {
 		t.Errorf("%s: stats took up to %v, more than %v", what, lat[len(lat)-1], limit)
 	}
 }

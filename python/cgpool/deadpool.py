@@ -17,14 +17,13 @@ What differs, on purpose:
   (Deadpool returns True but lets it run); ``cancel_and_kill_if_running()``
   kills it; ``Future.running()`` is True while the task runs;
 - an out-of-memory kill raises ``OutOfMemoryError``, a ``ProcessError``;
-- the pool starts ``min_workers`` workers and grows to ``max_workers`` as
-  tasks wait (Deadpool starts ``max_workers``). As in Deadpool, a worker
-  above ``min_workers`` retires as soon as it is idle with nothing queued
-  (``idle_timeout``, default 0.001 s), and ``worker_processes_created``
-  counts every worker that took a slot (first ones, growth and
-  replacements). So the figures of Deadpool's README statistics example
-  are Deadpool's; a pool that never grows to ``max_workers`` reports fewer
-  created than Deadpool, which counts its ``max_workers`` first workers;
+- as Deadpool, the pool starts ``max_workers`` workers (``start_workers``,
+  default "max"); each retires once it has finished a task, is idle with
+  nothing queued and the pool is above ``min_workers`` (``idle_timeout``,
+  default 0.001 s), and ``worker_processes_created`` counts every worker
+  that took a slot (first ones, growth and replacements): the figures of
+  Deadpool's README statistics example, and of two bursts of 6 with
+  ``min_workers=5, max_workers=10`` (10, then 11), are Deadpool's;
 - per-task options are checked at ``submit`` (``deadpool_timeout="5"`` is a
   TypeError there, not in the pool).
 
@@ -78,6 +77,8 @@ class Deadpool(Executor):
         self.daemon = daemon          # meaningless here: workers may have children
         if "socket" not in cgpool_options:
             cgpool_options.setdefault("idle_timeout", DEFAULT_IDLE_TIMEOUT)
+            # Deadpool starts max_workers workers and counts each.
+            cgpool_options.setdefault("start_workers", "max")
         super().__init__(
             max_workers=max_workers, min_workers=min_workers,
             max_tasks_per_child=max_tasks_per_child,

@@ -132,7 +132,10 @@ class Executor(concurrent.futures.Executor):
     cgroup limits of each worker), ``default_timeout`` (seconds),
     ``spare_workers`` (default 1: workers kept started beyond max_workers,
     so that a worker that dies is replaced by one that has already started;
-    a Python worker takes tens of milliseconds to start).
+    a Python worker takes tens of milliseconds to start), ``start_workers``
+    (how many workers start with the pool, ``"max"`` for max_workers;
+    default min_workers; those first workers wait for their first task
+    however long, then retire as the others do: Deadpool's way).
 
     ``socket``: use a running ``cgpool serve`` at this path instead of
     starting a private one (``pool`` names the pool; its shape is the
@@ -163,7 +166,7 @@ class Executor(concurrent.futures.Executor):
                  max_backlog=1000, shutdown_wait=None, shutdown_cancel_futures=None,
                  propagate_environ=None, memory_max=None, pids_max=None,
                  idle_timeout=None, default_timeout=None, socket=None, pool=None,
-                 cgpool_bin=None, log_level=None, spare_workers=1):
+                 cgpool_bin=None, log_level=None, spare_workers=1, start_workers=None):
         _check_not_importing_main()
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
@@ -219,6 +222,12 @@ class Executor(concurrent.futures.Executor):
                 cfg["allow_root"] = True
             if min_workers is not None:
                 cfg["min_workers"] = min(min_workers, self.max_workers)
+            if start_workers == "max":
+                start_workers = self.max_workers
+            if start_workers is not None:
+                if isinstance(start_workers, bool) or not isinstance(start_workers, int) or start_workers < 0:
+                    raise ValueError('start_workers must be an int >= 0 or "max", not %r' % (start_workers,))
+                cfg["start_workers"] = min(start_workers, self.max_workers)
             for key, value in (("max_tasks_per_child", max_tasks_per_child),
                                ("max_worker_memory_bytes", max_worker_memory_bytes),
                                ("trim_threshold_bytes", malloc_trim_rss_memory_threshold_bytes),
@@ -245,7 +254,8 @@ class Executor(concurrent.futures.Executor):
                                     ("initializer", initializer), ("finalizer", finalizer),
                                     ("propagate_environ", propagate_environ),
                                     ("memory_max", memory_max), ("pids_max", pids_max),
-                                    ("idle_timeout", idle_timeout), ("default_timeout", default_timeout))
+                                    ("idle_timeout", idle_timeout), ("default_timeout", default_timeout),
+                                    ("start_workers", start_workers))
                      if v is not None]
             if given:
                 raise ValueError("with socket=, the pool's shape is the server's configuration; "

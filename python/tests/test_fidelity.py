@@ -110,8 +110,8 @@ class ScaleDown(unittest.TestCase):
 
     def test_short_burst(self):
         with deadpool.Deadpool(min_workers=5, max_workers=10) as exe:
-            support.wait_until(lambda: exe.get_statistics()["worker_processes_idle"] == 5, timeout=60,
-                               what="the five first workers up")
+            support.wait_until(lambda: exe.get_statistics()["worker_processes_idle"] == 10, timeout=60,
+                               what="the ten first workers up")
             futs = [exe.submit(t, 0.2) for _ in range(6)]
             self.assertEqual([f.result(timeout=60) for f in futs], [0.2] * 6)
             time.sleep(0.5)
@@ -119,22 +119,19 @@ class ScaleDown(unittest.TestCase):
         self.assertEqual((stats["worker_processes_still_alive"], stats["worker_processes_idle"],
                           stats["worker_processes_busy"]), (5, 5, 0), stats)
         self.assertEqual(stats["max_workers_busy_concurrently"], 6, stats)
-        # Five first workers and the sixth the pool grew by (Deadpool: 10,
-        # see test_short_burst_workers_created_as_deadpool).
-        self.assertEqual(stats["worker_processes_created"], 6, stats)
+        # The ten first workers, as Deadpool counts them.
+        self.assertEqual(stats["worker_processes_created"], 10, stats)
 
     # Deadpool starts max_workers workers at once (its __init__ calls
     # add_worker_to_pool pool_size times, each counted) and retires the ones
     # above min_workers only as they finish a task with nothing queued
     # (done_with_process); a second burst of 6 then adds one: 11 (measured
-    # with github.com/cjrh/deadpool 3cb6cf3). The supervisor starts
-    # min_workers (pool/pool.go, newPool) and retires on an idle timer
-    # (pool/slot_linux.go), and the pool's config has no "start this many"
-    # knob: matching needs that Go change (reported to the lead).
-    @unittest.expectedFailure
+    # with github.com/cjrh/deadpool 3cb6cf3). cgpool.deadpool asks the
+    # supervisor for start_workers = max_workers, whose first workers have
+    # no idle deadline before their first task.
     def test_short_burst_workers_created_as_deadpool(self):
         with deadpool.Deadpool(min_workers=5, max_workers=10) as exe:
-            support.wait_until(lambda: exe.get_statistics()["worker_processes_idle"] >= 5, timeout=60,
+            support.wait_until(lambda: exe.get_statistics()["worker_processes_idle"] == 10, timeout=60,
                                what="the first workers up")
             created = []
             for _ in range(2):
