@@ -25,6 +25,13 @@
 // by Root.Controllers, and a limit that would need one is refused with an
 // error wrapping ErrControllerUnavailable instead of being faked.
 //
+// Reduced mode (pgroup_linux.go): where no writable cgroup v2 exists,
+// NewReducedRoot returns a Root whose Groups stand for process groups
+// (Track, Kill = kill(-pgid, SIGKILL), members found in /proc, memory from
+// procfs); ReducedMissing says which guarantees are lost, and SetLimits
+// refuses every limit there.
+//
 // Values of type Root and Group are safe for concurrent use: they hold only
-// immutable paths, and every method is a few file operations.
+// immutable paths (or, in reduced mode, a node guarded by its own mutex),
+// and every method is a few file operations.
 package cgroup

@@ -25,20 +25,34 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$`)
 // is safe for concurrent use. It does not own the directory's lifetime:
 // Remove does.
 type Group struct {
+	pg    *pgNode // non-nil: reduced mode, a process-group stand-in (pgroup_linux.go)
 	mount MountInfo
 	dir   string // absolute path of the directory
 }
 
 // Path returns the group's absolute directory, e.g.
 // /sys/fs/cgroup/cgpool/default/w-3.
-func (g *Group) Path() string { return g.dir }
+func (g *Group) Path() string {
+	if g.pg != nil {
+		return ""
+	}
+	return g.dir
+}
 
 // Name returns the last element of the group's path.
-func (g *Group) Name() string { return filepath.Base(g.dir) }
+func (g *Group) Name() string {
+	if g.pg != nil {
+		return g.pg.name
+	}
+	return filepath.Base(g.dir)
+}
 
 // CgroupPath returns the path as /proc/<pid>/cgroup shows it for a process
 // inside this group (relative to the hierarchy's root, starting with "/").
 func (g *Group) CgroupPath() string {
+	if g.pg != nil {
+		return ""
+	}
 	rel, err := filepath.Rel(g.mount.Point, g.dir)
 	if err != nil || rel == "." {
 		return g.mount.Root
@@ -49,6 +63,9 @@ func (g *Group) CgroupPath() string {
 // Child returns the group for an existing child directory name. It does
 // not touch the filesystem.
 func (g *Group) Child(name string) *Group {
+	if g.pg != nil {
+		return &Group{pg: g.pg.child(name)}
+	}
 	return &Group{mount: g.mount, dir: filepath.Join(g.dir, name)}
 }
 
@@ -57,6 +74,16 @@ func (g *Group) Child(name string) *Group {
 // an interface file such as memory.max). It fails with an error wrapping
 // fs.ErrExist if the child exists.
 func (g *Group) Mkdir(name string) (*Group, error) {
+	if g.pg != nil {
+		if !nameRE.MatchString(name) {
+			return nil, fmt.Errorf("group name %q: must match %s", name, nameRE)
+		}
+		c, err := g.pg.mkdir(name)
+		if err != nil {
+			return nil, err
+		}
+		return &Group{pg: c}, nil
+	}
 	if !nameRE.MatchString(name) {
 		return nil, fmt.Errorf("cgroup name %q: must match %s", name, nameRE)
 	}
@@ -74,6 +101,9 @@ func (g *Group) Mkdir(name string) (*Group, error) {
 // Marked reports whether the group carries the mark this package sets on
 // the groups it creates.
 func (g *Group) Marked() bool {
+	if g.pg != nil {
+		return true
+	}
 	buf := make([]byte, 8)
 	_, err := unix.Getxattr(g.dir, markAttr, buf)
 	return err == nil
@@ -81,6 +111,9 @@ func (g *Group) Marked() bool {
 
 // ReadFile returns the contents of one of the group's interface files.
 func (g *Group) ReadFile(name string) (string, error) {
+	if g.pg != nil {
+		return "", &os.PathError{Op: "read", Path: name, Err: fs.ErrNotExist}
+	}
 	b, err := os.ReadFile(filepath.Join(g.dir, name))
 	return string(b), err
 }
@@ -88,6 +121,9 @@ func (g *Group) ReadFile(name string) (string, error) {
 // WriteFile writes val to one of the group's interface files in a single
 // write(2), as cgroupfs wants. Errors are *os.PathError with the errno.
 func (g *Group) WriteFile(name, val string) error {
+	if g.pg != nil {
+		return reducedErr("write " + name)
+	}
 	p := filepath.Join(g.dir, name)
 	f, err := os.OpenFile(p, os.O_WRONLY, 0)
 	if err != nil {
@@ -123,6 +159,9 @@ func (g *Group) Events() (Events, error) {
 
 // Populated reports whether the group or a descendant holds a live process.
 func (g *Group) Populated() (bool, error) {
+	if g.pg != nil {
+		return len(g.pg.pids()) > 0, nil
+	}
 	ev, err := g.Events()
 	return ev.Populated, err
 }
@@ -148,12 +187,27 @@ func (g *Group) MemoryEventsLocal() (MemoryEvents, error) {
 }
 
 // MemoryCurrent reads memory.current in bytes (descendants included).
-func (g *Group) MemoryCurrent() (int64, error) { return g.readInt("memory.current") }
+func (g *Group) MemoryCurrent() (int64, error) {
+	if g.pg != nil { // the sum of its processes' VmRSS (shared pages counted in each)
+		var sum int64
+		for _, m := range g.pg.members(true) {
+			sum += m.rss
+		}
+		return sum, nil
+	}
+	return g.readInt("memory.current")
+}
 
 // MemoryPeak reads memory.peak in bytes: the high-water mark since the
 // group was created. It needs Linux 5.19; before that the error wraps
 // errors.ErrUnsupported.
 func (g *Group) MemoryPeak() (int64, error) {
+	if g.pg != nil {
+		g.pg.members(true)
+		g.pg.mu.Lock()
+		defer g.pg.mu.Unlock()
+		return g.pg.peak, nil
+	}
 	v, err := g.readInt("memory.peak")
 	if errors.Is(err, fs.ErrNotExist) && g.exists() {
 		return 0, fmt.Errorf("memory.peak: %w", errors.ErrUnsupported)
@@ -162,10 +216,18 @@ func (g *Group) MemoryPeak() (int64, error) {
 }
 
 // PidsCurrent reads pids.current: tasks (threads included) in the group.
-func (g *Group) PidsCurrent() (int64, error) { return g.readInt("pids.current") }
+func (g *Group) PidsCurrent() (int64, error) {
+	if g.pg != nil {
+		return int64(len(g.pg.pids())), nil
+	}
+	return g.readInt("pids.current")
+}
 
 // Procs lists the processes directly in this group (not descendants).
 func (g *Group) Procs() ([]int, error) {
+	if g.pg != nil {
+		return g.pg.pids(), nil
+	}
 	s, err := g.ReadFile("cgroup.procs")
 	if err != nil {
 		return nil, err
@@ -185,6 +247,9 @@ func (g *Group) Procs() ([]int, error) {
 // A group removed during the walk is skipped; other errors end it, with
 // the pids found so far.
 func (g *Group) SubtreeProcs() ([]int, error) {
+	if g.pg != nil {
+		return g.pg.pids(), nil
+	}
 	var all []int
 	err := filepath.WalkDir(g.dir, func(p string, d fs.DirEntry, err error) error {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -206,6 +271,9 @@ func (g *Group) SubtreeProcs() ([]int, error) {
 // Controllers reads cgroup.controllers: the controllers the parent lets
 // this group use.
 func (g *Group) Controllers() ([]string, error) {
+	if g.pg != nil {
+		return nil, nil
+	}
 	s, err := g.ReadFile("cgroup.controllers")
 	if err != nil {
 		return nil, err
@@ -217,6 +285,9 @@ func (g *Group) Controllers() ([]string, error) {
 // so that children of this group can be limited by them. It fails with
 // EBUSY (kept in the *os.PathError) if the group holds processes itself.
 func (g *Group) EnableControllers(names ...string) error {
+	if g.pg != nil && len(names) > 0 {
+		return reducedErr("enable controllers " + strings.Join(names, " "))
+	}
 	if len(names) == 0 {
 		return nil
 	}
@@ -225,6 +296,9 @@ func (g *Group) EnableControllers(names ...string) error {
 
 // DisableControllers writes "-name" for each name to cgroup.subtree_control.
 func (g *Group) DisableControllers(names ...string) error {
+	if g.pg != nil {
+		return nil
+	}
 	if len(names) == 0 {
 		return nil
 	}
@@ -234,6 +308,9 @@ func (g *Group) DisableControllers(names ...string) error {
 // Open opens the group's directory O_PATH for CLONE_INTO_CGROUP. The
 // caller owns the returned file and must close it.
 func (g *Group) Open() (*os.File, error) {
+	if g.pg != nil {
+		return nil, nil // nothing to clone into: spawn.Options.ProcessGroupOnly
+	}
 	fd, err := unix.Open(g.dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: g.dir, Err: err}
@@ -249,6 +326,9 @@ func (g *Group) Exists() bool { return g.exists() }
 // gone; an existing one is left as it is. Its controllers and limits are
 // the caller's to set again.
 func (g *Group) Recreate() error {
+	if g.pg != nil {
+		return nil
+	}
 	if err := os.Mkdir(g.dir, 0o755); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return nil
@@ -263,6 +343,11 @@ func (g *Group) Recreate() error {
 }
 
 func (g *Group) exists() bool {
+	if g.pg != nil {
+		g.pg.mu.Lock()
+		defer g.pg.mu.Unlock()
+		return !g.pg.removed
+	}
 	_, err := os.Stat(filepath.Join(g.dir, "cgroup.procs"))
 	return err == nil
 }
@@ -273,6 +358,9 @@ func (g *Group) exists() bool {
 // briefly return EBUSY after the last process left (the kernel is still
 // releasing it); Remove retries that for up to a second.
 func (g *Group) Remove() error {
+	if g.pg != nil {
+		return g.pg.remove()
+	}
 	ents, err := os.ReadDir(g.dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

@@ -22,6 +22,9 @@ import (
 // CLONE_INTO_CGROUP is SIGKILLed at birth, long after the kill finished
 // (TestKilledGroupIsNotReusable). Replace the group instead.
 func (g *Group) Kill() error {
+	if g.pg != nil {
+		return g.pg.kill()
+	}
 	err := g.WriteFile("cgroup.kill", "1")
 	if errors.Is(err, fs.ErrNotExist) && g.exists() {
 		return fmt.Errorf("%s: cgroup.kill: %w", g.dir, errors.ErrUnsupported)
@@ -34,6 +37,9 @@ func (g *Group) Kill() error {
 // descendants through a pidfd, and thaws it. It blocks until the freeze
 // took effect or ctx ends.
 func (g *Group) FreezeKill(ctx context.Context) error {
+	if g.pg != nil {
+		return g.pg.kill()
+	}
 	if err := g.WriteFile("cgroup.freeze", "1"); err != nil {
 		return err
 	}

@@ -23,6 +23,16 @@ import (
 // values only (it never toggles controllers of our ancestors); Unified
 // entries are written as given, after them.
 func (g *Group) SetLimits(res *specs.LinuxResources) error {
+	if g.pg != nil {
+		files, err := limitFiles(res)
+		if err != nil {
+			return err
+		}
+		if len(files) > 0 {
+			return fmt.Errorf("limit %s needs the %s controller: %w (%w)", files[0].file, files[0].controller, ErrControllerUnavailable, ErrReduced)
+		}
+		return nil
+	}
 	files, err := limitFiles(res)
 	if err != nil {
 		return fmt.Errorf("limits for %s: %w", g.dir, err)

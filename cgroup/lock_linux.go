@@ -19,6 +19,9 @@ import (
 // ErrOwned. Call it before TakeOver, whose sweep would kill the owner's
 // tasks. Locking twice is a no-op.
 func (r *Root) Lock() error {
+	if r.pg != nil {
+		return nil
+	}
 	if r.lock != nil {
 		return nil
 	}

@@ -136,6 +136,9 @@ func (r *Root) Supervisor() *Group { return r.Child(SupervisorName) }
 // root does not offer is logged, and limits that need it are refused later
 // by SetLimits.
 func (r *Root) TakeOver(ctx context.Context) error {
+	if r.pg != nil {
+		return nil // reduced mode: nothing to move, sweep or enable
+	}
 	self, err := SelfPath()
 	if err != nil {
 		return err
@@ -183,6 +186,9 @@ func (r *Root) TakeOver(ctx context.Context) error {
 // supervisor's own. Groups without the mark are left alone. It returns how
 // many groups it removed. Each group gets sweepTimeout to empty.
 func (r *Root) Sweep(ctx context.Context) (int, error) {
+	if r.pg != nil {
+		return 0, nil
+	}
 	ents, err := os.ReadDir(r.dir)
 	if err != nil {
 		return 0, err
@@ -236,6 +242,14 @@ func (g *Group) Destroy(ctx context.Context, timeout time.Duration) error {
 // it (removing the supervisor group), and removes the root itself if
 // MkdirRoot made it. It blocks until the groups are empty or ctx ends.
 func (r *Root) Release(ctx context.Context) error {
+	if r.pg != nil {
+		ctx, cancel := context.WithTimeout(ctx, sweepTimeout)
+		defer cancel()
+		if err := r.pg.kill(); err != nil {
+			return err
+		}
+		return r.pg.waitEmpty(ctx)
+	}
 	_, err := r.Sweep(ctx)
 	if err != nil {
 		return err

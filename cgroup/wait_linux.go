@@ -19,6 +19,9 @@ import (
 // per file), so a notification can lag the state: WaitEmpty re-reads the
 // file after short polls instead of trusting the wake-up alone.
 func (g *Group) WaitEmpty(ctx context.Context) error {
+	if g.pg != nil {
+		return g.pg.waitEmpty(ctx)
+	}
 	for slice := 200 * time.Microsecond; ; slice = min(2*slice, 10*time.Millisecond) {
 		ev, err := g.Events()
 		if errors.Is(err, os.ErrNotExist) {

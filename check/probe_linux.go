@@ -45,6 +45,9 @@ type Host struct {
 	Systemd      Feature  `json:"systemd"`
 	Python       Feature  `json:"python"`
 	Billiard     Feature  `json:"billiard"`
+	// Reduced: no writable cgroup v2 could be had, and cgpool would run
+	// in reduced mode (process groups); the matrix is not run then.
+	Reduced bool `json:"reduced,omitempty"`
 
 	python string // the interpreter, when Python.OK
 }
@@ -67,7 +70,12 @@ func probe(ctx context.Context, root *cgroup.Root, rootFrom string, o *Options) 
 
 	name := "check-probe-" + strconv.Itoa(os.Getpid())
 	g, err := root.Mkdir(name)
-	if err != nil {
+	if root.Reduced() {
+		h.Reduced, h.Root = true, "(none: reduced mode, process groups)"
+		h.Delegated = no("no writable cgroup v2 here: cgpool run and the Python Executor run in reduced mode (process groups), cgpool serve only with --allow-no-cgroup")
+		f := no("reduced mode: no cgroup")
+		h.CgroupKill, h.CloneInto, h.MemoryEvents, h.MemoryPeak = f, f, f, f
+	} else if err != nil {
 		f := no("cannot create a group in %s: %v", root.Path(), err)
 		h.CgroupKill, h.CloneInto, h.MemoryEvents, h.MemoryPeak = f, f, f, f
 	} else {

@@ -118,6 +118,24 @@ func Run(ctx context.Context, root *cgroup.Root, rootFrom string, o Options) (*R
 			rep.Failed = true
 		}
 	}
+	if h.Reduced {
+		// No cell is run: a row that detaches a daemon would leave it
+		// running on the host, the very guarantee that is missing.
+		for _, m := range cgroup.ReducedMissing {
+			rep.Missing = append(rep.Missing, "reduced mode: "+m)
+		}
+		for _, col := range Columns {
+			if o.Columns != nil && !slices.Contains(o.Columns, col) {
+				continue
+			}
+			for _, r := range rows {
+				if r.in(col) && (o.Rows == nil || slices.Contains(o.Rows, r.name)) {
+					rep.Cells = append(rep.Cells, &Cell{Row: r.name, Column: col, Status: "n/a", Reason: "reduced mode: the matrix needs a writable cgroup v2"})
+				}
+			}
+		}
+		return rep, nil
+	}
 	dir, err := os.MkdirTemp("", "cgpool-check-")
 	if err != nil {
 		return nil, err

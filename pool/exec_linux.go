@@ -222,7 +222,7 @@ func (s *slot) runExec(t *Task) {
 			return
 		}
 	}
-	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Dir: eio.Dir, Cgroup: s.leafDir, Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)}
+	opts := spawn.Options{Path: t.spec.Argv[0], Args: t.spec.Argv, Env: env, Dir: eio.Dir, Cgroup: s.leafDir, ProcessGroupOnly: s.leaf.Reduced(), Stdout: wo, Stderr: we, Credential: p.taskCredential(&t.spec)}
 	if stdin != nil {
 		opts.Stdin = stdin
 	}
@@ -248,6 +248,7 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, o)
 		return
 	}
+	s.leaf.Track(proc.Pid()) // reduced mode: its process group is its container
 	p.observeSpawn(start)
 	// The kill of the task (timeout, cancel, output limit) aborts the
 	// delivery of its output after a grace for what is buffered.

@@ -71,6 +71,10 @@ func newPool(parent *cgroup.Group, ctrl []string, cfg Config, base []string, log
 	}
 	lim := cfg.Resources(ctrl)
 	for _, c := range cgroup.Controllers(lim) {
+		if parent.Reduced() {
+			return nil, fmt.Errorf("pool %s: its limits need the %s controller, and cgpool runs in reduced mode here (no writable cgroup v2: process groups instead of cgroups), where no limit can be enforced: %w",
+				cfg.Name, c, cgroup.ErrControllerUnavailable)
+		}
 		if !slices.Contains(ctrl, c) {
 			return nil, fmt.Errorf("pool %s: its limits need the %s controller, which cgroup v2 does not offer here (controllers: %q); on a hybrid cgroup v1/v2 host like this one, run on a pure cgroup v2 host or in the VM (scripts/vm-test.sh): %w",
 				cfg.Name, c, ctrl, cgroup.ErrControllerUnavailable)
@@ -299,6 +303,9 @@ func (p *Pool) validate(s *Spec) error {
 		}
 	}
 	if s.MemoryMax > 0 {
+		if p.group.Reduced() {
+			return errInvalid("memory limit %d: refused, cgpool runs in reduced mode here (no writable cgroup v2: process groups instead of cgroups) and cannot enforce a memory limit", s.MemoryMax)
+		}
 		if !slices.Contains(p.ctrl, "memory") {
 			return errInvalid("memory limit %d: the memory controller is not available to cgroup v2 here (controllers: %q); use a pure cgroup v2 host or the VM (scripts/vm-test.sh)", s.MemoryMax, p.ctrl)
 		}
@@ -614,6 +621,7 @@ func (p *Pool) Stats() Stats {
 		st.FailuresByReason = map[string]int64{}
 	}
 	st.TasksQueued = int64(p.queue.Len())
+	st.MissingGuarantees = p.missingGuarantees()
 	for s := range p.slots {
 		if s.pid == 0 {
 			continue
@@ -657,7 +665,15 @@ func (p *Pool) Status() Status {
 		ws[i].MemoryPeak, _ = g.MemoryPeak()
 	}
 	slices.SortFunc(ws, func(a, b WorkerStatus) int { return cmpSlot(a.Slot, b.Slot) })
-	return Status{Pool: p.cfg.Name, Kind: p.cfg.Kind, Workers: ws, Env: env}
+	return Status{Pool: p.cfg.Name, Kind: p.cfg.Kind, Workers: ws, Env: env, MissingGuarantees: p.missingGuarantees()}
+}
+
+// missingGuarantees lists what does not hold here (reduced mode), or nil.
+func (p *Pool) missingGuarantees() []string {
+	if !p.group.Reduced() {
+		return nil
+	}
+	return slices.Clone(cgroup.ReducedMissing)
 }
 
 func cmpSlot(a, b string) int {

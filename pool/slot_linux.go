@@ -211,24 +211,28 @@ func (inc *incarnation) build(p *Pool) error {
 	if inc.leaf, err = g.Mkdir("worker"); err != nil {
 		return err
 	}
-	if inc.leafDir, err = inc.leaf.Open(); err != nil {
-		return err
-	}
-	if inc.leafProcs, err = os.Open(filepath.Join(inc.leaf.Path(), "cgroup.procs")); err != nil {
-		return err
-	}
-	if inc.slotStat, err = os.Open(filepath.Join(g.Path(), "cgroup.stat")); err != nil {
-		return err
+	if !g.Reduced() { // reduced mode: process groups, no directory to clone into or read
+		if inc.leafDir, err = inc.leaf.Open(); err != nil {
+			return err
+		}
+		if inc.leafProcs, err = os.Open(filepath.Join(inc.leaf.Path(), "cgroup.procs")); err != nil {
+			return err
+		}
+		if inc.slotStat, err = os.Open(filepath.Join(g.Path(), "cgroup.stat")); err != nil {
+			return err
+		}
 	}
 	if inc.baseline, _, err = oomwatch.Read(g); err != nil {
 		return err
 	}
-	if inc.usage, err = g.OpenUsage(); err != nil {
-		return err
+	if !g.Reduced() { // reduced mode: no cgroup counters (outcomes carry no usage)
+		if inc.usage, err = g.OpenUsage(); err != nil {
+			return err
+		}
 	}
 	if p.cfg.Kind == KindWorker {
 		start := time.Now()
-		w, hello, err := startWorker(inc.leafDir, p.cfg.Command, inc.env, p.workerCredential())
+		w, hello, err := startWorker(inc.leaf, inc.leafDir, p.cfg.Command, inc.env, p.workerCredential())
 		if err != nil {
 			return err
 		}
@@ -243,6 +247,9 @@ func (inc *incarnation) build(p *Pool) error {
 // markUsage reads the slot's usage counters as the base of the next
 // task's, and resets memory.peak where the kernel allows.
 func (inc *incarnation) markUsage() {
+	if inc.usage == nil {
+		return
+	}
 	if s, err := inc.usage.Read(); err == nil {
 		inc.usageBase = s
 	}
@@ -440,9 +447,11 @@ func (p *Pool) envLocked(name string) []string {
 	for _, k := range slices.Sorted(maps.Keys(p.env)) {
 		env = append(env, k+"="+p.env[k])
 	}
-	return append(env,
-		"CGPOOL_POOL="+p.cfg.Name,
-		"CGPOOL_SLOT_CGROUP="+filepath.Join(p.group.Path(), name))
+	env = append(env, "CGPOOL_POOL="+p.cfg.Name)
+	if p.group.Reduced() {
+		return env // no slot cgroup for a nested cgpool to subdivide
+	}
+	return append(env, "CGPOOL_SLOT_CGROUP="+filepath.Join(p.group.Path(), name))
 }
 
 // workerCredential is who a worker pool's workers run as: the pool's fixed
@@ -1017,6 +1026,15 @@ func (s *slot) classify(t *Task, base Outcome, before oomwatch.Counters, kill oo
 	v := oomwatch.Classify(oomwatch.Facts{Before: before, After: after, SupervisorKill: kill, Exited: true, Signal: e.Signal, ExitCode: e.Code})
 	o := base
 	o.MemoryPeak, _ = s.group.MemoryPeak()
+	if s.group.Reduced() {
+		// No memory.peak: the highest sum of VmHWM the slot's processes
+		// were seen with, or the process's own peak RSS from wait4.
+		o.MemoryPeak = max(o.MemoryPeak, e.MaxRSS)
+	}
+	container := "cgroup"
+	if s.group.Reduced() {
+		container = "process group"
+	}
 	o.Signal, o.ExitCode, o.Reason = int(v.Signal), v.ExitCode, v.Reason
 	what := "worker"
 	if s.p.cfg.Kind == KindExec {
@@ -1028,9 +1046,9 @@ func (s *slot) classify(t *Task, base Outcome, before oomwatch.Counters, kill oo
 		o.Message = fmt.Sprintf("%s pid %d was OOM-killed: its cgroup %s reached memory.max (peak %d bytes)", what, base.Pid, base.Leaf, o.MemoryPeak)
 	case oomwatch.Timeout:
 		o.Kind, o.Timeout = TimedOut, t.spec.Timeout
-		o.Message = fmt.Sprintf("timed out after %v; the task's cgroup was killed", t.spec.Timeout)
+		o.Message = fmt.Sprintf("timed out after %v; the task's %s was killed", t.spec.Timeout, container)
 	case oomwatch.Cancel:
-		o.Kind, o.Message = Cancelled, "cancelled while running; the task's cgroup was killed"
+		o.Kind, o.Message = Cancelled, "cancelled while running; the task's "+container+" was killed"
 	case oomwatch.Killed:
 		o.Kind = ProcessError
 		o.Message = fmt.Sprintf("%s pid %d was killed by signal %d (%s)", what, base.Pid, int(v.Signal), v.Signal)
@@ -1135,6 +1153,9 @@ func (s *slot) procs() []int {
 // no group but the leaf. (One pread each: cgroupfs returns a short file
 // whole, and os.File.ReadAt would read again to see the end.)
 func (s *slot) leftovers() int {
+	if s.group.Reduced() {
+		return s.leftoversSlow()
+	}
 	var buf [512]byte
 	n, err := unix.Pread(int(s.leafProcs.Fd()), buf[:], 0)
 	if err == nil && n < len(buf) {
@@ -1149,7 +1170,13 @@ func (s *slot) leftovers() int {
 			}
 		}
 	}
-	n = 0
+	return s.leftoversSlow()
+}
+
+// leftoversSlow counts, from the slot's process list, its processes other
+// than the worker.
+func (s *slot) leftoversSlow() int {
+	n := 0
 	for _, pid := range s.procs() {
 		if s.w == nil || pid != s.w.pid() {
 			n++

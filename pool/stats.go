@@ -36,6 +36,10 @@ type Stats struct {
 	SlotPanics int64 `json:"slot_panics"`
 	MaxWorkers int   `json:"max_workers"`
 	MinWorkers int   `json:"min_workers"`
+	// MissingGuarantees names what does not hold for this pool's tasks:
+	// set in reduced mode (no writable cgroup v2: process groups stand in
+	// for cgroups, see cgroup.ReducedMissing), empty otherwise.
+	MissingGuarantees []string `json:"missing_guarantees,omitempty"`
 }
 
 // WorkerStatus is one worker slot as `cgpool ps` shows it.
@@ -62,6 +66,8 @@ type Status struct {
 	// Env is the pool's environment (what SetEnv set), for cgpool env;
 	// null where it is not shown.
 	Env map[string]string `json:"env"`
+	// MissingGuarantees: as in Stats.
+	MissingGuarantees []string `json:"missing_guarantees,omitempty"`
 }
 
 // redact removes what a peer of uid may not see of other peers' work: the

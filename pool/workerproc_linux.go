@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cgpool/cgpool/cgroup"
 	"github.com/cgpool/cgpool/ipc"
 	"github.com/cgpool/cgpool/spawn"
 	"golang.org/x/sys/unix"
@@ -37,14 +38,14 @@ type workerProc struct {
 // startWorker starts argv in the leaf with the worker socket on fd 3 and
 // waits for its hello. On error nothing of it is left running except what
 // the caller's group kill removes.
-func startWorker(leafDir *os.File, argv, env []string, cred *syscall.Credential) (*workerProc, ipc.Header, error) {
+func startWorker(leaf *cgroup.Group, leafDir *os.File, argv, env []string, cred *syscall.Credential) (*workerProc, ipc.Header, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, ipc.Header{}, os.NewSyscallError("socketpair", err)
 	}
 	ours, theirs := os.NewFile(uintptr(fds[0]), "worker-socket"), os.NewFile(uintptr(fds[1]), "worker-socket")
 	proc, err := spawn.Start(spawn.Options{
-		Path: argv[0], Args: argv, Env: env, Cgroup: leafDir, Credential: cred,
+		Path: argv[0], Args: argv, Env: env, Cgroup: leafDir, ProcessGroupOnly: leaf.Reduced(), Credential: cred,
 		ExtraFiles: []*os.File{theirs}, Stdout: os.Stderr, Stderr: os.Stderr,
 	})
 	theirs.Close()
@@ -52,6 +53,7 @@ func startWorker(leafDir *os.File, argv, env []string, cred *syscall.Credential)
 		ours.Close()
 		return nil, ipc.Header{}, err
 	}
+	leaf.Track(proc.Pid())        // reduced mode: its process group is its container
 	nc, err := net.FileConn(ours) // a net.Conn: deadlines, and Close unblocks a reader
 	ours.Close()
 	if err != nil {

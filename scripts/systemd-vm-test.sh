@@ -148,7 +148,7 @@ KERNEL=$("$REPO/scripts/vm-test.sh" --print-kernel) || die "could not get the ke
 # What goes into the image. Changing any of it (or the recipe in
 # build_image, whose text is part of the key) builds a new image.
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-billiard
+PACKAGES=systemd,systemd-sysv,dbus,dbus-user-session,libpam-systemd,passwd,python3,python3-billiard
 # Units a test VM has no use for, and that would slow the boot or wait for
 # devices it lacks (serial-getty waits 90 s for ttyS0's device unit, which
 # only udev would make).

@@ -21,8 +21,13 @@ type Options struct {
 	Dir  string   // working directory; "" = the caller's
 
 	// Cgroup is the target group's directory, opened O_PATH (see
-	// cgroup.Group.Open). Required. The caller keeps ownership.
+	// cgroup.Group.Open). Required unless ProcessGroupOnly. The caller
+	// keeps ownership.
 	Cgroup *os.File
+	// ProcessGroupOnly starts the child without a cgroup (Cgroup must be
+	// nil): cgpool's reduced mode, where the child's own session and
+	// process group (Setsid, always set) is all that contains it.
+	ProcessGroupOnly bool
 
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
@@ -53,8 +58,11 @@ type Process struct {
 // goroutine; call Close after Done to release the pidfd. Errors from the
 // kernel keep their errno (use errors.Is with unix.ENOSYS, unix.EBUSY...).
 func Start(o Options) (*Process, error) {
-	if o.Cgroup == nil {
+	if o.Cgroup == nil && !o.ProcessGroupOnly {
 		return nil, errors.New("spawn: Options.Cgroup is required")
+	}
+	if o.Cgroup != nil && o.ProcessGroupOnly {
+		return nil, errors.New("spawn: Options.Cgroup and ProcessGroupOnly exclude each other")
 	}
 	path := o.Path
 	if path == "" {
@@ -82,15 +90,18 @@ func Start(o Options) (*Process, error) {
 	}
 	pidfd := -1
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setsid:      true,
-		Pdeathsig:   sig,
-		Credential:  o.Credential,
-		UseCgroupFD: true,
-		CgroupFD:    int(o.Cgroup.Fd()),
-		PidFD:       &pidfd,
+		Setsid:     true,
+		Pdeathsig:  sig,
+		Credential: o.Credential,
+		PidFD:      &pidfd,
+	}
+	where := "in its own process group"
+	if o.Cgroup != nil {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(o.Cgroup.Fd())
+		where = "in cgroup " + o.Cgroup.Name()
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s in cgroup %s: %w", path, o.Cgroup.Name(), err)
+		return nil, fmt.Errorf("start %s %s: %w", path, where, err)
 	}
 	p := &Process{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{}), pidfd: pidfd}
 	go p.wait()

@@ -125,6 +125,11 @@ func statsTable(w io.Writer, all map[string]pool.Stats) error {
 	for _, n := range notes {
 		fmt.Fprintln(w, n)
 	}
+	for _, name := range slices.Sorted(maps.Keys(all)) {
+		if m := all[name].MissingGuarantees; len(m) > 0 {
+			fmt.Fprintf(w, "pool %s runs in reduced mode (no writable cgroup v2); missing guarantees: %s\n", name, strings.Join(m, "; "))
+		}
+	}
 	return nil
 }
 
@@ -174,7 +179,11 @@ func psTable(w io.Writer, all map[string]pool.Status) error {
 			if ws.Task != 0 {
 				task = fmt.Sprint(ws.Task)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", name, ws.Slot, ws.Pid, ws.State, task, human(ws.MemoryCurrent), human(ws.MemoryPeak), ws.TasksDone, ws.Leaf)
+			leaf := ws.Leaf
+			if leaf == "" && len(all[name].MissingGuarantees) > 0 {
+				leaf = "(process group)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", name, ws.Slot, ws.Pid, ws.State, task, human(ws.MemoryCurrent), human(ws.MemoryPeak), ws.TasksDone, leaf)
 		}
 		if n := sum(empty); n > 0 {
 			var by []string
@@ -189,6 +198,11 @@ func psTable(w io.Writer, all map[string]pool.Status) error {
 	}
 	for _, n := range notes {
 		fmt.Fprintln(w, n)
+	}
+	for _, name := range slices.Sorted(maps.Keys(all)) {
+		if m := all[name].MissingGuarantees; len(m) > 0 {
+			fmt.Fprintf(w, "pool %s runs in reduced mode (no writable cgroup v2); missing guarantees: %s\n", name, strings.Join(m, "; "))
+		}
 	}
 	return nil
 }

@@ -103,7 +103,7 @@ usage. Needs what cgpool serve needs: root, or a delegated cgroup.`,
 			o.Self, o.Log = []string{exe}, log
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			defer stop()
-			r, err := openRoot(ctx, root, log)
+			r, err := openRootOrReduced(ctx, root, true, "", log)
 			if err != nil {
 				return err
 			}
@@ -186,10 +186,15 @@ func requirements(fc *fileConfig) []string {
 // rootOrigin says, for the report, how openRoot chose r.
 func rootOrigin(flag string, r *cgroup.Root) string {
 	switch {
+	case r.Reduced():
+		return "none: reduced mode, no writable cgroup v2 here"
 	case flag != "":
 		return "given by --root or the configuration"
 	case os.Getenv("CGPOOL_SLOT_CGROUP") != "":
 		return "a group in the cgpool slot this runs in (nested)"
+	}
+	if b := filepath.Base(r.Path()); strings.HasPrefix(b, "cgpool-") && strings.HasSuffix(b, ".scope") {
+		return "a transient scope with Delegate=yes that systemd made for us"
 	}
 	self, _ := cgroup.SelfPath()
 	if m, err := cgroup.FindMount(); err == nil {

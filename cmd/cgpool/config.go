@@ -31,7 +31,10 @@ type fileConfig struct {
 	MaxConnections       int      `toml:"max_connections" json:"max_connections"`
 	MaxConnectionsPerUID int      `toml:"max_connections_per_uid" json:"max_connections_per_uid"`
 	Root                 string   `toml:"root" json:"root"`
-	LogLevel             string   `toml:"log_level" json:"log_level"`
+	// AllowNoCgroup lets serve run in reduced mode (process groups, no
+	// limits, no OOM classification) where no writable cgroup v2 exists.
+	AllowNoCgroup bool   `toml:"allow_no_cgroup" json:"allow_no_cgroup"`
+	LogLevel      string `toml:"log_level" json:"log_level"`
 	// MetricsAddr serves Prometheus metrics ("127.0.0.1:9464", or a bare
 	// port); MetricsAllowRemote lets it be an address other hosts reach.
 	MetricsAddr        string       `toml:"metrics_addr" json:"metrics_addr"`

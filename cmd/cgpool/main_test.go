@@ -26,6 +26,7 @@ func TestMain(m *testing.M) {
 		if f := os.Getenv("CGPOOL_TEST_RSS"); f != "" {
 			rssMain(f)
 		}
+		readOnlyCgroupForTest() // see roCgroup (reduced_test.go)
 		main()
 		os.Exit(0)
 	}

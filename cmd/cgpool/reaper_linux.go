@@ -149,7 +149,11 @@ func reap(s reaperSpec, owner int) error {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	n, err := cgroup.Reap(ctx, s.root, s.removeRoot, log)
+	var n int
+	var err error
+	if s.root != "" { // "": reduced mode, no cgroup to reap
+		n, err = cgroup.Reap(ctx, s.root, s.removeRoot, log)
+	}
 	if s.socket != "" && socketIno(s.socket) == s.socketIno {
 		os.Remove(s.socket)
 	}

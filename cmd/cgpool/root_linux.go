@@ -23,6 +23,9 @@ import (
 //     is not the hierarchy's root; its parent, when we already run in a
 //     "supervisor" group of a delegated parent (DelegateSubgroup=supervisor,
 //     systemd 254+);
+//   - on a systemd host, a transient scope cgpool-<pid>.scope with
+//     Delegate=yes from the user's own manager (or, as root, the system
+//     manager), over D-Bus (cgroup.StartScope; CGPOOL_NO_SCOPE=1 skips it);
 //   - else a new group cgpool-<pid> at the top of the hierarchy (as root on
 //     a machine without systemd delegation, like the hybrid build hosts).
 //
@@ -30,7 +33,11 @@ import (
 func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root, error) {
 	m, err := cgroup.FindMount()
 	if err != nil {
-		return nil, fmt.Errorf("cgpool needs a cgroup v2 hierarchy (Linux 5.14+): %w", err)
+		err = fmt.Errorf("cgpool needs a cgroup v2 hierarchy (Linux 5.14+): %w", err)
+		if flag == "" {
+			err = &noCgroupError{why: "no cgroup v2 mount", err: err}
+		}
+		return nil, err
 	}
 	var r *cgroup.Root
 	switch slot := os.Getenv("CGPOOL_SLOT_CGROUP"); {
@@ -54,21 +61,45 @@ func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root,
 			return nil, err
 		}
 		if dir := m.HostPath(self); self != "/" {
+			// On a systemd host only a cgroup systemd delegated is ours,
+			// however writable (root may write any).
+			delegated := func(d string) bool { return !cgroup.SystemdRunning() || cgroup.SystemdDelegated(ctx, d) }
 			// systemd 254+ with DelegateSubgroup=supervisor starts us in
 			// <unit>/supervisor: the delegated root is its parent.
 			if filepath.Base(dir) == cgroup.SupervisorName {
-				if r, err = cgroup.OpenRoot(filepath.Dir(dir), log); err == nil {
+				if r, err = cgroup.OpenRoot(filepath.Dir(dir), log); err == nil && delegated(filepath.Dir(dir)) {
 					break
 				}
 			}
-			if r, err = cgroup.OpenRoot(dir, log); err == nil {
+			if r, err = cgroup.OpenRoot(dir, log); err == nil && delegated(dir) {
 				break
 			}
+		}
+		// Not delegated: on a systemd host, ask the manager (the user's
+		// own, or as root the system's) for a transient scope with
+		// Delegate=yes, as rootless container tools do.
+		var scopeErr error
+		if cgroup.SystemdRunning() && os.Getenv("CGPOOL_NO_SCOPE") == "" {
+			dir, err := cgroup.StartScope(ctx, log)
+			if err == nil {
+				if r, err = cgroup.OpenRoot(dir, log); err == nil {
+					break
+				}
+			}
+			scopeErr = err
+			log.Warn("systemd gave no delegated transient scope; trying without", "err", err)
 		}
 		sweepStaleRoots(ctx, m, log)
 		dir := filepath.Join(m.Point, "cgpool-"+strconv.Itoa(os.Getpid()))
 		if r, err = cgroup.MkdirRoot(dir, log); err != nil {
-			return nil, fmt.Errorf("no delegated cgroup to manage: our own cgroup %s is not delegated to us, and %s cannot be created (%w); run cgpool as a systemd service with Delegate=yes, as root, or pass --root", self, dir, err)
+			why := fmt.Sprintf("own cgroup %s not delegated; cannot make %s: %v", self, dir, err)
+			if scopeErr != nil {
+				why += "; no transient scope from systemd: " + scopeErr.Error()
+			}
+			return nil, &noCgroupError{
+				why: why,
+				err: fmt.Errorf("no delegated cgroup to manage: our own cgroup %s is not delegated to us, systemd gave no transient scope (%v), and %s cannot be created (%w); run cgpool as a systemd service with Delegate=yes, as root, or pass --root", self, scopeErr, dir, err),
+			}
 		}
 	}
 	// Never sweep a root whose owner lives: a second cgpool serve with the
@@ -123,4 +154,34 @@ func sweepStaleRoots(ctx context.Context, m cgroup.MountInfo, log *slog.Logger) 
 		}
 		log.Info("removed the cgroup root of a cgpool that was killed", "path", g.Path())
 	}
+}
+
+// noCgroupError is openRoot's failure to find any writable cgroup v2 where
+// it looks by itself (not --root, not a nested pool's slot): the case in
+// which reduced mode may stand in (openRootOrReduced).
+type noCgroupError struct {
+	why string // short, for the one-line warning
+	err error
+}
+
+func (e *noCgroupError) Error() string { return e.err.Error() }
+func (e *noCgroupError) Unwrap() error { return e.err }
+
+// openRootOrReduced is openRoot, except that where no writable cgroup v2
+// can be had at all (a container with a read-only /sys/fs/cgroup, a user
+// with no delegation) and allow is set, it returns a reduced-mode root
+// (cgroup.NewReducedRoot: process groups instead of cgroups) and says so
+// on stderr in one line naming the guarantees that are missing. Without
+// allow the error says how to ask for reduced mode (hint).
+func openRootOrReduced(ctx context.Context, flag string, allow bool, hint string, log *slog.Logger) (*cgroup.Root, error) {
+	r, err := openRoot(ctx, flag, log)
+	var nc *noCgroupError
+	if err == nil || !errors.As(err, &nc) {
+		return r, err
+	}
+	if !allow {
+		return nil, fmt.Errorf("%w; %s (reduced mode: %s)", err, hint, strings.Join(cgroup.ReducedMissing, "; "))
+	}
+	fmt.Fprintln(os.Stderr, cgroup.ReducedWarning(nc.why))
+	return cgroup.NewReducedRoot(log), nil
 }

@@ -57,6 +57,15 @@ cgroup: --timeout kills the command and everything it started (a detached
 daemon included), --memory-max sets memory.max (an OOM kill is reported as
 such), and nothing a command starts outlives it.
 
+The cgroup comes from where cgpool runs: a delegated systemd unit; else, on a
+systemd host, a transient scope with Delegate=yes from your own (or, as root,
+the system's) service manager over D-Bus; else, as root, a new group at the
+top of the cgroup v2 tree. Where none can be had (a read-only /sys/fs/cgroup
+in a container), it runs in reduced mode and says so in one line on stderr:
+process groups instead of cgroups, so a process that leaves its process group
+is not killed, no limit is enforced (--memory-max and --pids-max are refused),
+and an OOM kill is reported as killed, not oom.
+
 Input: lines of standard input, of -a FILE (repeatable), or the values after
 ::: (and the lines of the files after ::::) at the end of the command line.
 Several sources give every combination. Commands start as lines arrive.
@@ -399,8 +408,11 @@ func endingOf(o *pool.Outcome, refused error) ending {
 		return ending{reason: "exit", group: fmt.Sprintf("exit %d", o.ExitCode), exit: o.ExitCode, code: o.ExitCode,
 			msg: fmt.Sprintf("exited with status %d", o.ExitCode)}
 	case pool.TimedOut:
-		return ending{reason: "timeout", group: "timeout", exit: -1, signal: 9, code: exitTimeout,
-			msg: fmt.Sprintf("timed out after %v; its cgroup (pid %d and everything it started) was killed", o.Timeout, o.Pid)}
+		msg := fmt.Sprintf("timed out after %v; its cgroup (pid %d and everything it started) was killed", o.Timeout, o.Pid)
+		if o.Leaf == "" { // reduced mode: no cgroup, a process group
+			msg = fmt.Sprintf("timed out after %v; its process group (pid %d and what it started there) was killed", o.Timeout, o.Pid)
+		}
+		return ending{reason: "timeout", group: "timeout", exit: -1, signal: 9, code: exitTimeout, msg: msg}
 	case pool.ProcessError:
 		switch o.Reason {
 		case oomwatch.OOM:
@@ -429,3 +441,19 @@ func endingOf(o *pool.Outcome, refused error) ending {
 // exitCode maps an outcome to cgpool's documented exit statuses (submit
 // and cgpool run --once).
 func exitCode(o *pool.Outcome) int { return endingOf(o, nil).code }
+
+// reducedRefusals refuses, in reduced mode, the limits it cannot enforce:
+// a limit that is silently not applied is worse than none asked for.
+func reducedRefusals(cfg pool.Config) error {
+	var asked []string
+	if cfg.MemoryMax > 0 {
+		asked = append(asked, "--memory-max")
+	}
+	if cfg.PidsMax > 0 {
+		asked = append(asked, "--pids-max")
+	}
+	if len(asked) == 0 {
+		return nil
+	}
+	return usageErr(fmt.Errorf("%s: refused in reduced mode (no writable cgroup v2 here), which cannot enforce a limit; drop the limit to run unconfined, or run where a delegated cgroup v2 exists", strings.Join(asked, ", ")))
+}

@@ -40,9 +40,15 @@ func openEmbedded(ctx context.Context, root, logLevel string, cfg pool.Config) (
 	if err != nil {
 		return nil, usageErr(err)
 	}
-	r, err := openRoot(ctx, root, log)
+	r, err := openRootOrReduced(ctx, root, true, "", log)
 	if err != nil {
 		return nil, err
+	}
+	if r.Reduced() {
+		if err := reducedRefusals(cfg); err != nil {
+			_ = r.Release(context.Background())
+			return nil, err
+		}
 	}
 	// Our commands die with us however we die (see reaper_linux.go).
 	if ownReaper, err = startReaper(reaperSpec{root: r.Path(), removeRoot: r.Created()}, log); err != nil {

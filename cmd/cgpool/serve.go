@@ -170,15 +170,22 @@ func serveCmd() *cobra.Command {
 		exitWithStdin, ready, metricsRemote bool
 		privateDir, metricsAddr             string
 		grace                               time.Duration
+		allowNoCgroup                       bool
 		pf                                  poolFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the supervisor daemon: pools of workers in cgroups, served on a unix socket",
 		Long: `Run the cgpool supervisor. It takes over a delegated cgroup (its own under
-systemd with Delegate=yes, else a new one at the top of the cgroup v2 tree when
-run as root), keeps each pool's workers in their own cgroup slots, and serves
-clients (cgpool submit, the Go client, the Python Executor) on a unix socket.
+systemd with Delegate=yes; else, on a systemd host, a transient scope with
+Delegate=yes that it asks the user's or, as root, the system's service manager
+for over D-Bus; else a new one at the top of the cgroup v2 tree when run as
+root), keeps each pool's workers in their own cgroup slots, and serves clients
+(cgpool submit, the Go client, the Python Executor) on a unix socket. Where no
+writable cgroup v2 can be had it refuses to start (exit 2) unless given
+--allow-no-cgroup: reduced mode, process groups instead of cgroups, no limits,
+no OOM classification (README.md, "Reduced mode"); with --private-dir (the
+Python Executor's own supervisor) it falls back to reduced mode by itself.
 
 Pools come from --config (TOML, or JSON if the file name ends in .json; see
 README.md for the keys) or, for one pool, from the flags below. Logs are
@@ -249,6 +256,9 @@ error of the file is told at once); 1 if it could not serve.`,
 			if grace < 0 {
 				return usageErr(fmt.Errorf("--shutdown-deadline %v: must not be negative", grace))
 			}
+			// A private supervisor (the Python Executor's) is embedded use,
+			// as cgpool run is: it falls back to reduced mode by itself.
+			fc.AllowNoCgroup = fc.AllowNoCgroup || allowNoCgroup || privateDir != ""
 			return serve(cmd.Context(), log, fc, cfgs, exitWithStdin, ready, privateDir, grace)
 		},
 	}
@@ -262,6 +272,7 @@ error of the file is told at once); 1 if it could not serve.`,
 	fl.DurationVar(&grace, "shutdown-deadline", 10*time.Second, "on SIGINT, SIGTERM or SIGHUP, how long running tasks may go on before they are killed")
 	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics: [HOST:]PORT, 127.0.0.1 when only a port is given (default: off)")
 	fl.BoolVar(&metricsRemote, "metrics-allow-remote", false, "let --metrics-addr listen on an address other hosts can reach (0.0.0.0, a LAN address)")
+	fl.BoolVar(&allowNoCgroup, "allow-no-cgroup", false, "where no writable cgroup v2 can be had, run in reduced mode (process groups: no memory limit, no OOM classification, escapees from a process group are not killed) instead of refusing to start")
 	fl.StringVar(&privateDir, "private-dir", "", "a directory made for this supervisor alone (its socket's); removed with everything in it on exit")
 	pf.register(cmd, "exec")
 	return cmd
@@ -304,8 +315,12 @@ func serve(ctx context.Context, log *slog.Logger, fc fileConfig, cfgs []pool.Con
 		return err
 	}
 	defer mx.stop(log)
-	root, err := openRoot(ctx, fc.Root, log)
+	root, err := openRootOrReduced(ctx, fc.Root, fc.AllowNoCgroup, "cgpool serve refuses to start without one; pass --allow-no-cgroup (or allow_no_cgroup = true) to run in reduced mode", log)
 	if err != nil {
+		var nc *noCgroupError
+		if errors.As(err, &nc) {
+			return usageErr(err)
+		}
 		return err
 	}
 	defer func() {

@@ -586,3 +586,120 @@ func TestCheckUnderSystemd(t *testing.T) {
 		}
 	}
 }
+
+// scopeProbe, run by cgpool run, prints the task's cgroup and its slot's
+// memory.max (the slot is the leaf's parent: <root>/run/w-<n>/worker).
+const scopeProbe = `cg=$(cut -d: -f3 /proc/self/cgroup); echo "$cg"; cat "/sys/fs/cgroup${cg%/*}/memory.max"`
+
+// checkScoped checks what scopeProbe printed: a task in a slot of a
+// transient scope cgpool-<pid>.scope below want, with memory.max 64M. It
+// returns the scope's cgroup path.
+func checkScoped(t *testing.T, out, want string) string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("probe printed %q, want the cgroup and memory.max", out)
+	}
+	cg, max := lines[0], lines[1]
+	i := strings.Index(cg, "/cgpool-")
+	j := strings.Index(cg, ".scope/")
+	if !strings.HasPrefix(cg, want) || i < 0 || j < i {
+		t.Fatalf("task cgroup %s: want a slot of a transient scope cgpool-<pid>.scope below %s", cg, want)
+	}
+	if max != "67108864" {
+		t.Errorf("the slot's memory.max is %s, want 67108864 (--memory-max 64M)", max)
+	}
+	return cg[:j+len(".scope")]
+}
+
+// scopeGone waits until systemd has stopped the scope and removed its
+// cgroup (cgpool never removes a scope's directory itself).
+func scopeGone(t *testing.T, scope string) {
+	t.Helper()
+	dir := "/sys/fs/cgroup" + scope
+	waitFor(t, slow, scope+" removed by systemd once cgpool run ended", func() (bool, string) {
+		_, err := os.Stat(dir)
+		return errors.Is(err, fs.ErrNotExist), fmt.Sprintf("stat %s: %v", dir, err)
+	})
+}
+
+// TestTransientScopeSystemManager: issue 12 acceptance 4, root outside
+// any delegated cgroup (this test's own service has no Delegate=): cgpool
+// run gets a transient scope with Delegate=yes from the system manager,
+// its --memory-max is set on the slot and enforced (an allocation above
+// it is OOM-killed: exit 125), and the scope is gone after the run.
+func TestTransientScopeSystemManager(t *testing.T) {
+	own, _ := os.ReadFile("/proc/self/cgroup")
+	if !strings.Contains(string(own), ".service") {
+		t.Fatalf("this test must run in a service without Delegate=; /proc/self/cgroup: %s", own)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(cgpool, "run", "--memory-max", "64M", "--", "sh", "-c", scopeProbe)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("cgpool run: %v\n%s", err, stderr.String())
+	}
+	scope := checkScoped(t, string(out), "/system.slice/")
+	t.Logf("verdict: root outside a delegated cgroup ran in %s (system manager), memory.max 64M on the slot", scope)
+	scopeGone(t, scope)
+
+	cmd = exec.Command(cgpool, "run", "--memory-max", "64M", "--", "python3", "-c", "b = bytearray(256 << 20); b[::4096] = b'x' * len(b[::4096])")
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 125 {
+		t.Errorf("256M allocation under --memory-max 64M: %v, want exit 125 (OOM)\n%s", err, stderr.String())
+	}
+}
+
+const (
+	vmUser = "cgpooluser"
+	vmUID  = 1500
+)
+
+// TestTransientScopeUserManager: issue 12 acceptance 4, a user who is not
+// root, with lingering on (user@1500.service runs without a login) and
+// dbus-user-session's bus: cgpool run --memory-max 64M gets a transient
+// scope of that user's own manager and the limit in it.
+func TestTransientScopeUserManager(t *testing.T) {
+	if err := exec.Command("id", "-u", vmUser).Run(); err != nil {
+		run(t, "useradd", "--create-home", "--uid", strconv.Itoa(vmUID), "--user-group", vmUser)
+	}
+	run(t, "loginctl", "enable-linger", vmUser)
+	t.Cleanup(func() { _ = exec.Command("loginctl", "disable-linger", vmUser).Run() })
+	rt := "/run/user/" + strconv.Itoa(vmUID)
+	waitFor(t, slow, "user@1500.service active with its bus", func() (bool, string) {
+		out, _ := exec.Command("systemctl", "is-active", "user@"+strconv.Itoa(vmUID)+".service").Output()
+		_, err := os.Stat(rt + "/bus")
+		return strings.TrimSpace(string(out)) == "active" && err == nil, fmt.Sprintf("is-active %s, bus: %v", strings.TrimSpace(string(out)), err)
+	})
+	asUser := func(args ...string) (string, string, error) {
+		cmd := exec.Command(cgpool, args...)
+		cmd.Dir = "/tmp"
+		cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/home/" + vmUser, "USER=" + vmUser,
+			"XDG_RUNTIME_DIR=" + rt, "DBUS_SESSION_BUS_ADDRESS=unix:path=" + rt + "/bus"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: vmUID, Gid: vmUID}}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		return string(out), stderr.String(), err
+	}
+	out, stderr, err := asUser("run", "--memory-max", "64M", "--", "sh", "-c", scopeProbe)
+	if err != nil {
+		t.Fatalf("cgpool run as %s: %v\n%s", vmUser, err, stderr)
+	}
+	if strings.Contains(stderr, "reduced mode") {
+		t.Errorf("cgpool run as %s fell back to reduced mode: %s", vmUser, stderr)
+	}
+	scope := checkScoped(t, out, fmt.Sprintf("/user.slice/user-%d.slice/user@%d.service/", vmUID, vmUID))
+	t.Logf("verdict: uid %d ran in %s of its own user manager, memory.max 64M on the slot", vmUID, scope)
+	scopeGone(t, scope)
+
+	_, stderr, err = asUser("run", "--memory-max", "64M", "--", "python3", "-c", "b = bytearray(256 << 20); b[::4096] = b'x' * len(b[::4096])")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 125 {
+		t.Errorf("256M allocation under --memory-max 64M as %s: %v, want exit 125 (OOM)\n%s", vmUser, err, stderr)
+	}
+}
