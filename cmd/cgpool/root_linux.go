@@ -25,7 +25,7 @@ import (
 //     systemd 254+);
 //   - on a systemd host, a transient scope cgpool-<pid>.scope with
 //     Delegate=yes from the user's own manager (or, as root, the system
-//     manager), over D-Bus (cgroup.StartScope; CGPOOL_NO_SCOPE=1 skips it);
+//     manager), over D-Bus (startScope; CGPOOL_NO_SCOPE=1 skips it);
 //   - else a new group cgpool-<pid> at the top of the hierarchy (as root on
 //     a machine without systemd delegation, like the hybrid build hosts).
 //
@@ -63,7 +63,7 @@ func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root,
 		if dir := m.HostPath(self); self != "/" {
 			// On a systemd host only a cgroup systemd delegated is ours,
 			// however writable (root may write any).
-			delegated := func(d string) bool { return !cgroup.SystemdRunning() || cgroup.SystemdDelegated(ctx, d) }
+			delegated := func(d string) bool { return !systemdRunning() || systemdDelegated(ctx, d) }
 			// systemd 254+ with DelegateSubgroup=supervisor starts us in
 			// <unit>/supervisor: the delegated root is its parent.
 			if filepath.Base(dir) == cgroup.SupervisorName {
@@ -79,8 +79,8 @@ func openRoot(ctx context.Context, flag string, log *slog.Logger) (*cgroup.Root,
 		// own, or as root the system's) for a transient scope with
 		// Delegate=yes, as rootless container tools do.
 		var scopeErr error
-		if cgroup.SystemdRunning() && os.Getenv("CGPOOL_NO_SCOPE") == "" {
-			dir, err := cgroup.StartScope(ctx, log)
+		if systemdRunning() && os.Getenv("CGPOOL_NO_SCOPE") == "" {
+			dir, err := startScope(ctx, log)
 			if err == nil {
 				if r, err = cgroup.OpenRoot(dir, log); err == nil {
 					break

@@ -1,12 +1,10 @@
-package cgroup_test
+package main
 
 import (
 	"context"
 	"errors"
 	"os"
 	"testing"
-
-	"github.com/cgpool/cgpool/cgroup"
 )
 
 // TestStartScopeWithoutSystemd: on a host whose service manager is not
@@ -16,10 +14,10 @@ func TestStartScopeWithoutSystemd(t *testing.T) {
 	if st, err := os.Lstat("/run/systemd/system"); err == nil && st.IsDir() {
 		t.Skip("systemd runs here: the transient scope is tested in the systemd VM (internal/systemdvm)")
 	}
-	if cgroup.SystemdRunning() {
+	if systemdRunning() {
 		t.Fatal("SystemdRunning() = true without /run/systemd/system")
 	}
-	if _, err := cgroup.StartScope(context.Background(), nil); !errors.Is(err, cgroup.ErrNoSystemd) {
-		t.Fatalf("StartScope: %v, want ErrNoSystemd", err)
+	if _, err := startScope(context.Background(), nil); !errors.Is(err, errNoSystemd) {
+		t.Fatalf("startScope: %v, want ErrNoSystemd", err)
 	}
 }

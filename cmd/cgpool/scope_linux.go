@@ -1,4 +1,4 @@
-package cgroup
+package main
 
 import (
 	"context"
@@ -11,26 +11,27 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cgpool/cgpool/cgroup"
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
 	"golang.org/x/sys/unix"
 )
 
-// ErrNoSystemd: the host does not run systemd (/run/systemd/system is
+// errNoSystemd: the host does not run systemd (/run/systemd/system is
 // not a directory), so no service manager can delegate a cgroup.
-var ErrNoSystemd = errors.New("cgroup: systemd is not the service manager here")
+var errNoSystemd = errors.New("systemd is not the service manager here")
 
 // scopeTimeout bounds the whole D-Bus exchange that makes a scope.
 const scopeTimeout = 30 * time.Second
 
-// SystemdRunning reports whether systemd is the service manager, as
+// systemdRunning reports whether systemd is the service manager, as
 // sd_booted(3) tells: /run/systemd/system is a directory.
-func SystemdRunning() bool {
+func systemdRunning() bool {
 	st, err := os.Lstat("/run/systemd/system")
 	return err == nil && st.IsDir()
 }
 
-// StartScope asks systemd for a transient scope unit holding this process,
+// startScope asks systemd for a transient scope unit holding this process,
 // with Delegate=yes, and returns the scope's cgroup directory (under the
 // cgroup v2 mount), which is then ours to manage: the way rootless
 // container tools get a cgroup (podman's RunUnderSystemdScope, crun's
@@ -43,9 +44,9 @@ func SystemdRunning() bool {
 // cgpool-<pid>.scope; systemd stops and removes it once it is empty
 // (CollectMode=inactive-or-failed: a failed one too). It blocks until the
 // job is done, the process has moved, or ctx (bounded by 30 s) ends.
-func StartScope(ctx context.Context, log *slog.Logger) (string, error) {
-	if !SystemdRunning() {
-		return "", ErrNoSystemd
+func startScope(ctx context.Context, log *slog.Logger) (string, error) {
+	if !systemdRunning() {
+		return "", errNoSystemd
 	}
 	ctx, cancel := context.WithTimeout(ctx, scopeTimeout)
 	defer cancel()
@@ -79,14 +80,14 @@ func StartScope(ctx context.Context, log *slog.Logger) (string, error) {
 	case <-ctx.Done():
 		return "", fmt.Errorf("the %s did not start the transient scope %s: %w", manager, name, ctx.Err())
 	}
-	self, err := SelfPath()
+	self, err := cgroup.SelfPath()
 	if err != nil {
 		return "", err
 	}
 	if filepath.Base(self) != name {
 		return "", fmt.Errorf("the %s started %s, but this process is in %s", manager, name, self)
 	}
-	m, err := FindMount()
+	m, err := cgroup.FindMount()
 	if err != nil {
 		return "", err
 	}
@@ -137,14 +138,14 @@ func managerConn(ctx context.Context) (*sddbus.Conn, string, error) {
 	return conn, manager, nil
 }
 
-// SystemdDelegated reports whether systemd delegated dir, this process's
+// systemdDelegated reports whether systemd delegated dir, this process's
 // unit cgroup, to it: the trusted.delegate (system manager) or
 // user.delegate (user manager) extended attribute systemd sets on a
 // delegated unit's cgroup, else (a systemd too old to set them) the
 // unit's Delegate property, asked over D-Bus. On a systemd host a cgroup
 // root may write is not delegated for that alone: a group made inside a
 // unit that systemd manages itself breaks its single-writer rule.
-func SystemdDelegated(ctx context.Context, dir string) bool {
+func systemdDelegated(ctx context.Context, dir string) bool {
 	for _, attr := range []string{"trusted.delegate", "user.delegate"} {
 		buf := make([]byte, 8)
 		if n, err := unix.Getxattr(dir, attr, buf); err == nil && strings.TrimSpace(string(buf[:n])) == "1" {
