@@ -469,7 +469,11 @@ func describe(o *pool.Outcome) string {
 // seen in its slot is recorded with a pidfd.
 func (e *cellEnv) submit(ctx context.Context, p *pool.Pool, spec pool.Spec) (*pool.Outcome, *watch, error) {
 	w := &watch{pidfds: map[int]int{}}
-	running := make(chan string, 1)
+	type start struct {
+		leaf string
+		at   time.Time
+	}
+	running := make(chan start, 1)
 	done := make(chan *pool.Outcome, 1)
 	if _, err := p.Submit(ctx, spec, func(ev pool.Event) {
 		switch {
@@ -479,9 +483,12 @@ func (e *cellEnv) submit(ctx context.Context, p *pool.Pool, spec pool.Spec) (*po
 			// The first sample is taken here, on the pool's goroutine,
 			// before the pool goes on: the task's first process is
 			// there, whatever the check's own goroutine gets of a busy
-			// CPU. The channel hands w over to the loop below.
+			// CPU. The channel hands w over to the loop below. The start
+			// is taken here too: the check's goroutine may see the event
+			// late, and a late start would shorten the time T judges.
+			at := time.Now()
 			w.sample(e.root, ev.Leaf)
-			running <- ev.Leaf
+			running <- start{ev.Leaf, at}
 		}
 	}); err != nil {
 		return nil, w, fmt.Errorf("submit: %w", err)
@@ -494,8 +501,8 @@ func (e *cellEnv) submit(ctx context.Context, p *pool.Pool, spec pool.Spec) (*po
 	var started time.Time
 	for {
 		select {
-		case leaf = <-running:
-			started = time.Now()
+		case st := <-running:
+			leaf, started = st.leaf, st.at
 			w.sample(e.root, leaf)
 		case o := <-done:
 			if !started.IsZero() {
