@@ -7,7 +7,7 @@ set -euo pipefail
 
 usage() {
 	cat <<'EOF'
-Usage: scripts/systemd-vm-test.sh [-run REGEX] [-keep]
+Usage: scripts/systemd-vm-test.sh [-run REGEX] [-keep] [-prepare]
 
 Builds (once, then from its cache) a Debian bookworm root with systemd made
 by debootstrap, packed as an uncompressed initramfs; adds to it, for this
@@ -27,6 +27,10 @@ if the VM did not finish.
 Options:
   -run REGEX  only run tests matching REGEX (go test -run)
   -keep       keep the run's overlay and its folder in the scratch folder
+  -prepare    only install the tools, fetch the kernel and build the root
+              image into the cache, then exit (.ci/run does this in the
+              background while the host tests run: debootstrap waits on
+              the network, the tests on the CPU)
   -h, --help  show this help
 
 Environment:
@@ -63,6 +67,7 @@ MEM=2048
 
 RUN=""
 KEEP=0
+PREPARE=0
 while (($# > 0)); do
 	case $1 in
 	-h | -help | --help)
@@ -80,6 +85,10 @@ while (($# > 0)); do
 		;;
 	-keep | --keep)
 		KEEP=1
+		shift
+		;;
+	-prepare | --prepare)
+		PREPARE=1
 		shift
 		;;
 	*)
@@ -192,6 +201,10 @@ if [[ ! -s $IMAGE ]]; then
 		[[ $d == "$CACHE/$KEY/" ]] || rm -rf "$d"
 	done
 	log "image built in $(since "$t0")s: $(du -h "$IMAGE" | cut -f1)"
+fi
+if ((PREPARE == 1)); then
+	log "prepared: kernel $KERNEL, image $IMAGE"
+	exit 0
 fi
 
 # --- this run's overlay ---------------------------------------------------------
