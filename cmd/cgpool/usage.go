@@ -134,53 +134,6 @@ type usageRow struct {
 	f     *figures
 }
 
-// summarizeUsage prints the run's slowest command (by wall time on the
-// worker) and its hungriest (by memory peak where measured, else by CPU
-// time), for a run of more than one command that reported usage.
-func summarizeUsage(w io.Writer, rows []usageRow) {
-	var slow, hungry *usageRow
-	byMem := false
-	for i := range rows {
-		r := &rows[i]
-		if r.f == nil {
-			continue
-		}
-		if slow == nil || r.f.wall > slow.f.wall {
-			slow = r
-		}
-		if r.f.memScope != "" {
-			byMem = true
-		}
-	}
-	if slow == nil || len(rows) < 2 {
-		return
-	}
-	for i := range rows {
-		r := &rows[i]
-		if r.f == nil {
-			continue
-		}
-		switch {
-		case hungry == nil:
-			hungry = r
-		case byMem && r.f.mem > hungry.f.mem, !byMem && r.f.cpu() > hungry.f.cpu():
-			hungry = r
-		case byMem && r.f.mem == hungry.f.mem && hungry.f.memScope == string(pool.PeakSlot) && r.f.memScope == string(pool.PeakTask):
-			hungry = r // the command that set the slot's mark, not one that only shared the slot
-		}
-	}
-	fmt.Fprintf(w, "cgpool: slowest: [%d] wall %s, CPU %s: %s\n", slow.n, seconds(slow.f.wall), seconds(slow.f.cpu()), slow.label)
-	if byMem {
-		scope := ""
-		if hungry.f.memScope == string(pool.PeakSlot) {
-			scope = " (at most: the slot's high-water mark)"
-		}
-		fmt.Fprintf(w, "cgpool: hungriest: [%d] memory peak %s%s, CPU %s: %s\n", hungry.n, bytesHuman(hungry.f.mem), scope, seconds(hungry.f.cpu()), hungry.label)
-	} else {
-		fmt.Fprintf(w, "cgpool: hungriest: [%d] CPU %s (memory not measured: no memory controller): %s\n", hungry.n, seconds(hungry.f.cpu()), hungry.label)
-	}
-}
-
 // usageTop keeps, of a run's commands, the ones the summary's usage lines
 // may name (the slowest, the hungriest by memory and by CPU), not every
 // command's figures: a run may have millions.
@@ -206,20 +159,23 @@ func (u *usageTop) add(r usageRow) {
 	}
 }
 
-// summarize prints summarizeUsage's lines for a run of more than one
-// command.
+// summarize prints the run's slowest command (by wall time on the worker)
+// and its hungriest (by memory peak where measured, else by CPU time), for
+// a run of more than one command that reported usage.
 func (u *usageTop) summarize(w io.Writer) {
 	if u.n < 2 {
 		return
 	}
-	var rows []usageRow
-	for _, r := range []*usageRow{u.slow, u.mem, u.cpu} {
-		if r != nil {
-			rows = append(rows, *r)
+	slow := u.slow
+	fmt.Fprintf(w, "cgpool: slowest: [%d] wall %s, CPU %s: %s\n", slow.n, seconds(slow.f.wall), seconds(slow.f.cpu()), slow.label)
+	if hungry := u.mem; hungry != nil {
+		scope := ""
+		if hungry.f.memScope == string(pool.PeakSlot) {
+			scope = " (at most: the slot's high-water mark)"
 		}
+		fmt.Fprintf(w, "cgpool: hungriest: [%d] memory peak %s%s, CPU %s: %s\n", hungry.n, bytesHuman(hungry.f.mem), scope, seconds(hungry.f.cpu()), hungry.label)
+	} else {
+		hungry := u.cpu
+		fmt.Fprintf(w, "cgpool: hungriest: [%d] CPU %s (memory not measured: no memory controller): %s\n", hungry.n, seconds(hungry.f.cpu()), hungry.label)
 	}
-	if len(rows) < 2 {
-		rows = append(rows, rows[0])
-	}
-	summarizeUsage(w, rows)
 }

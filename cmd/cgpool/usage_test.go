@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"regexp"
 	"strings"
 	"testing"
@@ -33,6 +34,15 @@ func TestUsageLine(t *testing.T) {
 	}
 }
 
+// summarizeRows is the usage lines of a run whose commands are rows.
+func summarizeRows(w io.Writer, rows []usageRow) {
+	var u usageTop
+	for _, r := range rows {
+		u.add(r)
+	}
+	u.summarize(w)
+}
+
 func TestSummarizeUsage(t *testing.T) {
 	rows := []usageRow{
 		{1, "a", &figures{wall: time.Second, user: 3 * time.Second, mem: 10 << 20, memScope: "task"}},
@@ -41,7 +51,7 @@ func TestSummarizeUsage(t *testing.T) {
 		{4, "d", nil},
 	}
 	var b bytes.Buffer
-	summarizeUsage(&b, rows)
+	summarizeRows(&b, rows)
 	want := "cgpool: slowest: [2] wall 5.00s, CPU 1.00s: b\ncgpool: hungriest: [3] memory peak 80.0 MiB, CPU 0µs: c\n"
 	if b.String() != want {
 		t.Errorf("summary:\n got  %q\n want %q", b.String(), want)
@@ -51,12 +61,12 @@ func TestSummarizeUsage(t *testing.T) {
 		rows[i].f.memScope = ""
 	}
 	b.Reset()
-	summarizeUsage(&b, rows)
+	summarizeRows(&b, rows)
 	if !strings.Contains(b.String(), "hungriest: [1] CPU 3.00s (memory not measured: no memory controller): a") {
 		t.Errorf("summary without memory: %q", b.String())
 	}
 	b.Reset()
-	summarizeUsage(&b, rows[:1])
+	summarizeRows(&b, rows[:1])
 	if b.Len() != 0 {
 		t.Errorf("one command: %q, want no usage lines", b.String())
 	}
