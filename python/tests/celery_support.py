@@ -138,6 +138,26 @@ class Redis:
 _SHARED = None
 
 
+def setup_module(need_cgpool=True):
+    """What every Celery test module's setUpModule does: skip (fail, where
+    skips are failures) with celery_reason()'s reason, require the cgpool
+    binary unless need_cgpool is false, and return the shared
+    redis-server."""
+    reason = celery_reason()
+    if reason:
+        support.skip_or_fail(reason)
+    if need_cgpool:
+        support.require_cgpool()
+    return shared_redis()
+
+
+def teardown_module():
+    """What every Celery test module's tearDownModule does: collect the
+    results still subscribed to redis while it is there."""
+    import gc
+    gc.collect()
+
+
 def shared_redis():
     """The one redis-server of this test process (broker and backend of the
     test app, which reads $CGPOOL_TEST_BROKER once, when it is imported):

@@ -26,7 +26,6 @@ import unittest
 import support
 import celery_support as cs
 
-REASON = cs.celery_reason()
 REDIS = None
 TABLE = {}        # pool -> {scenario: (state, exception, seconds, note)}
 ORDER = []
@@ -34,16 +33,12 @@ ORDER = []
 
 def setUpModule():
     global REDIS
-    if REASON:
-        support.skip_or_fail(REASON)
-    support.require_cgpool()
-    REDIS = cs.shared_redis()
+    REDIS = cs.setup_module()
 
 
 def tearDownModule():
     if REDIS is not None:
-        import gc
-        gc.collect()  # results still subscribed, before their redis goes
+        cs.teardown_module()
     if TABLE:
         print("\n" + format_table(), file=sys.stderr)
         out = os.environ.get("CGPOOL_CELERY_TABLE")

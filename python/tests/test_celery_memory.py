@@ -25,21 +25,17 @@ import uuid
 import support
 import celery_support as cs
 
-REASON = cs.celery_reason()
 REDIS = None
 
 
 def setUpModule():
     global REDIS
-    if REASON:
-        support.skip_or_fail(REASON)
-    REDIS = cs.shared_redis()
+    REDIS = cs.setup_module(need_cgpool=False)
 
 
 def tearDownModule():
     if REDIS is not None:
-        import gc
-        gc.collect()
+        cs.teardown_module()
 
 
 class _Future:

@@ -25,22 +25,17 @@ import unittest
 import support
 import celery_support as cs
 
-REASON = cs.celery_reason()
 REDIS = None
 
 
 def setUpModule():
     global REDIS
-    if REASON:
-        support.skip_or_fail(REASON)
-    support.require_cgpool()
-    REDIS = cs.shared_redis()
+    REDIS = cs.setup_module()
 
 
 def tearDownModule():
     if REDIS is not None:
-        import gc
-        gc.collect()
+        cs.teardown_module()
 
 
 def ppid(pid):
