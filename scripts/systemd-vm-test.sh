@@ -105,20 +105,8 @@ OVERLAY=$SCRATCH/systemd-overlay
 CONSOLE=$SCRATCH/systemd-console.log
 rm -f "$CONSOLE"
 
-qemu_pid=""
-tail_pid=""
-stop_vm() {
-	if [[ -n $qemu_pid ]]; then
-		kill "$qemu_pid" 2>/dev/null || true
-		wait "$qemu_pid" 2>/dev/null || true
-	fi
-	if [[ -n $tail_pid ]]; then
-		kill "$tail_pid" 2>/dev/null || true
-		wait "$tail_pid" 2>/dev/null || true
-	fi
-	qemu_pid=""
-	tail_pid=""
-}
+# shellcheck source=scripts/vm-lib.sh
+source "$REPO/scripts/vm-lib.sh"
 # shellcheck disable=SC2317 # called by the EXIT trap
 on_exit() {
 	stop_vm
@@ -130,9 +118,6 @@ on_exit() {
 trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # --- tools and kernel ----------------------------------------------------------
 
@@ -265,51 +250,11 @@ qemu=(qemu-system-x86_64 -machine q35 -accel "$ACCEL" -cpu max -smp 2 -m "$MEM" 
 	-kernel "$KERNEL" -initrd "$SCRATCH/systemd-initrd" -append "$APPEND")
 log "booting ($ACCEL, ${MEM} MiB, timeout ${VM_TIMEOUT}s): ${qemu[*]}"
 t2=$(now)
-: >"$CONSOLE"
-timeout -k 10 "$VM_TIMEOUT" "${qemu[@]}" </dev/null >>"$CONSOLE" 2>&1 &
-qemu_pid=$!
-tail -s 0.2 -n +1 -f --pid="$qemu_pid" "$CONSOLE" &
-tail_pid=$!
-set +e
-wait "$qemu_pid"
-qemu_rc=$?
-wait "$tail_pid"
-set -e
-qemu_pid=""
-tail_pid=""
+run_vm "$CONSOLE" "$VM_TIMEOUT" 0 "${qemu[@]}"
 log "VM ran for $(since "$t2")s with $ACCEL (qemu exit status $qemu_rc); console log: $CONSOLE"
 
 # --- results ---------------------------------------------------------------------
 
-clean=$(tr -d '\r' <"$CONSOLE" | sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g')
-summary=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-SUMMARY: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' | tail -n 1 || true)
-fails=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-TEST FAIL ' | cut -d' ' -f3- || true)
-skips=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-TEST SKIP ' | cut -d' ' -f3- || true)
-errors=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-ERROR: ' | cut -d' ' -f2- || true)
-echo
-[[ -z $errors ]] || { echo "ERROR in the VM:" && printf '%s\n' "$errors" | sed 's/^/  /'; }
-[[ -z $fails ]] || { echo "FAILED:" && printf '%s\n' "$fails" | sed 's/^/  /'; }
-[[ -z $skips ]] || { echo "SKIPPED (a skip inside the VM counts as a failure):" && printf '%s\n' "$skips" | sed 's/^/  /'; }
-if [[ -z $summary ]]; then
-	why="qemu exited with status $qemu_rc"
-	((qemu_rc != 124 && qemu_rc != 137)) || why="timed out after ${VM_TIMEOUT}s (CGPOOL_VM_TIMEOUT)"
-	echo "systemd-vm-test: the VM did not finish its run: no CGPOOL-SUMMARY line ($why); see $CONSOLE"
-	passed=$(printf '%s\n' "$clean" | grep -c -a -E '^CGPOOL-TEST PASS ' || true)
-	nfail=$(printf '%s\n' "$clean" | grep -c -a -E '^CGPOOL-TEST FAIL ' || true)
-	nskip=$(printf '%s\n' "$clean" | grep -c -a -E '^CGPOOL-TEST SKIP ' || true)
-	echo "$passed passed, $((nfail + 1)) failed, $nskip skipped"
-	exit 1
-fi
-read -r passed failed skipped < <(echo "$summary" | sed -E 's/^CGPOOL-SUMMARY: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/')
 rc=0
-((failed == 0)) || rc=1
-if ((skipped > 0)); then
-	echo "systemd-vm-test: $skipped skipped inside the VM"
-	rc=1
-fi
-if ((passed == 0)); then
-	echo "systemd-vm-test: no test passed"
-	rc=1
-fi
-echo "$passed passed, $failed failed, $skipped skipped"
+report systemd-vm-test "$CONSOLE" "$VM_TIMEOUT" || rc=$?
 exit "$rc"

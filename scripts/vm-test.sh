@@ -148,22 +148,8 @@ INITRD=$SCRATCH/initrd.gz
 CONSOLE=$SCRATCH/console.log
 rm -f "$CONSOLE"
 
-qemu_pid=""
-tail_pid=""
-# stop_vm stops the VM and the console printer, if running: only the
-# processes this script started, by pid.
-stop_vm() {
-	if [[ -n $qemu_pid ]]; then
-		kill "$qemu_pid" 2>/dev/null || true
-		wait "$qemu_pid" 2>/dev/null || true
-	fi
-	if [[ -n $tail_pid ]]; then
-		kill "$tail_pid" 2>/dev/null || true
-		wait "$tail_pid" 2>/dev/null || true
-	fi
-	qemu_pid=""
-	tail_pid=""
-}
+# shellcheck source=scripts/vm-lib.sh
+source "$REPO/scripts/vm-lib.sh"
 # shellcheck disable=SC2317 # called by the EXIT trap
 on_exit() {
 	stop_vm
@@ -175,8 +161,6 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # --- tools -------------------------------------------------------------------
 
@@ -401,38 +385,18 @@ APPEND="console=ttyS0 quiet panic=-1 rdinit=/init cgroup_no_v1=all systemd.unifi
 [[ -z $BENCH ]] || APPEND+=" $(quoted_param cgpool.bench "$BENCH")"
 [[ -z ${CGPOOL_VM_TEST_TIMEOUT:-} ]] || APPEND+=" $(quoted_param cgpool.timeout "$CGPOOL_VM_TEST_TIMEOUT")"
 
-# boot ACCEL: runs the VM, printing its console while it is written to
-# $CONSOLE, and sets qemu_rc. With kvm it returns 3 (and stops the VM) if
-# /init has not printed its first line within KVM_PROBE seconds.
+# boot ACCEL: runs the VM (run_vm), printing its console while it is
+# written to $CONSOLE, and sets qemu_rc. With kvm it returns 3 (and stops
+# the VM) if /init has not printed its first line within KVM_PROBE seconds.
 boot() {
-	local accel=$1
+	local accel=$1 probe=0
 	local qemu=(qemu-system-x86_64 -machine q35 -accel "$accel" -cpu max -smp 2 -m "$MEM"
 		-nographic -no-reboot -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND")
 	log "booting ($accel, ${MEM} MiB, timeout ${VM_TIMEOUT}s): ${qemu[*]}"
-	: >"$CONSOLE"
-	# stdin from /dev/null: qemu leaves the terminal alone. Backgrounded
-	# commands ignore SIGINT, so the traps above stop qemu on Ctrl-C.
-	timeout -k 10 "$VM_TIMEOUT" "${qemu[@]}" </dev/null >>"$CONSOLE" 2>&1 &
-	qemu_pid=$!
-	tail -s 0.2 -n +1 -f --pid="$qemu_pid" "$CONSOLE" &
-	tail_pid=$!
 	if [[ $accel == kvm ]]; then
-		local deadline=$((SECONDS + KVM_PROBE))
-		until grep -a -q 'vminit: kernel' "$CONSOLE"; do
-			if ! kill -0 "$qemu_pid" 2>/dev/null || ((SECONDS >= deadline)); then
-				stop_vm
-				return 3
-			fi
-			sleep 0.5
-		done
+		probe=$KVM_PROBE
 	fi
-	set +e
-	wait "$qemu_pid"
-	qemu_rc=$?
-	wait "$tail_pid"
-	set -e
-	qemu_pid=""
-	tail_pid=""
+	run_vm "$CONSOLE" "$VM_TIMEOUT" "$probe" "${qemu[@]}"
 }
 
 if ((KEEP == 1)); then
@@ -452,58 +416,6 @@ log "VM ran for $(since "$t1")s with $ACCEL (qemu exit status $qemu_rc); console
 
 # --- results -----------------------------------------------------------------
 
-clean=$(tr -d '\r' <"$CONSOLE")
-summary=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-SUMMARY: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' | tail -n 1 || true)
-fails=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-TEST FAIL ' | cut -d' ' -f3- || true)
-skips=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-TEST SKIP ' | cut -d' ' -f3- || true)
-errors=$(printf '%s\n' "$clean" | grep -a -E '^CGPOOL-ERROR: ' | cut -d' ' -f2- || true)
-
-echo
-if [[ -n $errors ]]; then
-	echo "ERROR in the VM:"
-	printf '%s\n' "$errors" | sed 's/^/  /'
-fi
-if [[ -n $fails ]]; then
-	echo "FAILED:"
-	printf '%s\n' "$fails" | sed 's/^/  /'
-fi
-if [[ -n $skips ]]; then
-	echo "SKIPPED (a skip inside the VM counts as a failure):"
-	printf '%s\n' "$skips" | sed 's/^/  /'
-fi
-
-if [[ -z $summary ]]; then
-	if ((qemu_rc == 124 || qemu_rc == 137)); then
-		why="timed out after ${VM_TIMEOUT}s (CGPOOL_VM_TIMEOUT)"
-	else
-		why="qemu exited with status $qemu_rc"
-	fi
-	err=$(printf '%s\n' "$clean" | grep -a -E 'Kernel panic' | tail -n 3 || true)
-	[[ -z $err ]] || printf '%s\n' "$err"
-	echo "vm-test: the VM did not finish its run: no CGPOOL-SUMMARY line ($why); see $CONSOLE"
-	passed=$(printf '%s\n' "$clean" | grep -c -a -E '^CGPOOL-TEST PASS ' || true)
-	nfail=$(printf '%s\n' "$clean" | grep -c -a -E '^CGPOOL-TEST FAIL ' || true)
-	nskip=$(printf '%s\n' "$clean" | grep -c -a -E '^CGPOOL-TEST SKIP ' || true)
-	echo "$passed passed, $((nfail + 1)) failed, $nskip skipped"
-	exit 1
-fi
-
-read -r passed failed skipped < <(echo "$summary" | sed -E 's/^CGPOOL-SUMMARY: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/')
 rc=0
-if ((failed > 0)); then
-	rc=1
-fi
-if ((skipped > 0)); then
-	echo "vm-test: $skipped skipped inside the VM"
-	rc=1
-fi
-if ((passed == 0)); then
-	if ((failed == 0 && skipped == 0)); then
-		echo "vm-test: no test passed: no test ran (does -run match anything?)"
-	else
-		echo "vm-test: no test passed"
-	fi
-	rc=1
-fi
-echo "$passed passed, $failed failed, $skipped skipped"
+report vm-test "$CONSOLE" "$VM_TIMEOUT" || rc=$?
 exit "$rc"
