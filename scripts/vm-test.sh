@@ -9,7 +9,8 @@ usage() {
 Usage: scripts/vm-test.sh [-run REGEX] [-bench REGEX] [-keep] [packages...]
 
 Builds each Go package's tests as a static binary (CGO_ENABLED=0 go test -c),
-packs them into an initramfs with a small /init (scripts/vminit) and busybox,
+packs them into an initramfs with a small /init (scripts/vminit), busybox and
+the kernel's RAM disk module (brd.ko: /dev/ram0, a block device for io.stat),
 boots Debian's Linux 6.1 kernel under qemu, runs every test binary inside with
 -test.v and prints, as its last line, e.g.:
 
@@ -209,7 +210,10 @@ get_kernel() {
 		return
 	fi
 	KERNEL=$CACHE/vmlinuz
-	if [[ -s $KERNEL ]]; then
+	# brd.ko (the RAM disk driver, a module in Debian's kernel) comes
+	# from the same package: pool's TestUsage writes to /dev/ram0, a block
+	# device whose I/O io.stat counts (the VM has no disk).
+	if [[ -s $KERNEL && -s $CACHE/brd.ko ]]; then
 		return
 	fi
 	mkdir -p "$CACHE"
@@ -226,12 +230,16 @@ get_kernel() {
 	rm -rf "$tmp"
 	mkdir -p "$tmp/x"
 	(cd "$tmp" && apt_quiet download "$pkg")
-	# Only boot/ is needed: extracting the whole package (dpkg-deb -x) would
-	# also write ~400 MB of modules.
-	dpkg-deb --fsys-tarfile "$tmp"/*.deb | tar -x -C "$tmp/x" --wildcards './boot/vmlinuz-*'
-	local vmlinuz
+	# Only the kernel and brd.ko are needed: extracting the whole package
+	# (dpkg-deb -x) would also write ~400 MB of modules.
+	dpkg-deb --fsys-tarfile "$tmp"/*.deb | tar -x -C "$tmp/x" --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/drivers/block/brd.ko'
+	local vmlinuz brd
 	vmlinuz=$(find "$tmp/x/boot" -name 'vmlinuz-*' | head -n 1)
 	[[ -n $vmlinuz ]] || die "no boot/vmlinuz-* in $pkg"
+	brd=$(find "$tmp/x/lib/modules" -name brd.ko | head -n 1)
+	[[ -n $brd ]] || die "no lib/modules/*/kernel/drivers/block/brd.ko in $pkg"
+	cp "$brd" "$CACHE/brd.ko.tmp"
+	mv "$CACHE/brd.ko.tmp" "$CACHE/brd.ko"
 	cp "$vmlinuz" "$CACHE/$(basename "$vmlinuz").tmp"
 	mv "$CACHE/$(basename "$vmlinuz").tmp" "$CACHE/$(basename "$vmlinuz")"
 	ln -sfn "$(basename "$vmlinuz")" "$CACHE/vmlinuz"
@@ -293,6 +301,11 @@ build_root() {
 	((built > 0)) || die "no package with tests among: ${PKGS[*]:-./...}"
 
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -o "$ROOT/init" "$module/scripts/vminit"
+	# /init loads it: /dev/ram0, a block device for io.stat (see get_kernel).
+	if [[ -s $CACHE/brd.ko && -z ${CGPOOL_VM_KERNEL:-} ]]; then
+		mkdir -p "$ROOT/lib/modules"
+		cp "$CACHE/brd.ko" "$ROOT/lib/modules/brd.ko"
+	fi
 
 	cp /bin/busybox "$ROOT/bin/busybox"
 	local applet

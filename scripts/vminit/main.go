@@ -2,7 +2,8 @@
 // qemu to run cgpool's tests on a real cgroup v2 kernel.
 //
 // It mounts the filesystems a test needs (devtmpfs, proc, sysfs, cgroup2,
-// tmpfs), runs every /tests/*.test binary in name order with -test.v and the
+// tmpfs), loads the RAM disk driver /lib/modules/brd.ko when the initramfs
+// has it (/dev/ram0, the only block device, for io.stat), runs every /tests/*.test binary in name order with -test.v and the
 // working directory /src/<name>, streams their output to the serial console
 // and prints one marked line per result:
 //
@@ -45,6 +46,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -225,6 +227,11 @@ func run(con *console, sum *summary) error {
 	defer stopKmsg()
 	if err := loopbackUp(); err != nil {
 		con.printf("vminit: warning: bring up lo: %v", err)
+	}
+	if !underSystemd {
+		if msg := loadRAMDisk(); msg != "" {
+			con.printf("vminit: %s", msg)
+		}
 	}
 
 	raw, err := os.ReadFile("/proc/cmdline")
@@ -750,4 +757,29 @@ func powerOff() {
 	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	fmt.Fprintf(os.Stdout, "vminit: power off: %v\n", err)
 	os.Exit(1)
+}
+
+// ramDiskModule is where scripts/vm-test.sh puts the kernel's brd.ko.
+const ramDiskModule = "/lib/modules/brd.ko"
+
+// loadRAMDisk loads brd.ko, when the initramfs has it, for one 64 MiB RAM
+// disk, /dev/ram0 (devtmpfs makes the node): the VM's only block device,
+// whose reads and writes io.stat counts (pool's TestUsage). It returns a
+// line to print.
+func loadRAMDisk() string {
+	f, err := os.Open(ramDiskModule)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "no " + ramDiskModule + " in the initramfs: no /dev/ram0 (io.stat has no block device to count)"
+	}
+	if err != nil {
+		return "open " + ramDiskModule + ": " + err.Error()
+	}
+	defer f.Close()
+	if err := unix.FinitModule(int(f.Fd()), "rd_nr=1 rd_size=65536 max_part=0", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return "load " + ramDiskModule + ": " + err.Error()
+	}
+	if _, err := os.Stat("/dev/ram0"); err != nil {
+		return "brd.ko loaded, but: " + err.Error()
+	}
+	return "/dev/ram0: a 64 MiB RAM disk (brd.ko), for io.stat"
 }
