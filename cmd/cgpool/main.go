@@ -16,6 +16,7 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"github.com/cgpool/cgpool/ipc"
 	"github.com/spf13/cobra"
 )
 
@@ -36,6 +37,28 @@ const (
 	exitNotFound      = 127
 	exitSignal        = 128 // + N: killed by signal N that cgpool did not send; 130 SIGINT, 143 SIGTERM
 )
+
+// exitFor is the exit status of a task that did not end with a result of
+// its own, by the reason it ended (the wire's names: ipc.Process*,
+// "timeout", "cancelled", "refused", "queue_timeout") and, for "killed",
+// the signal. The one table of submit and run.
+func exitFor(reason string, signal int) int {
+	switch reason {
+	case "timeout":
+		return exitTimeout
+	case ipc.ProcessOOM:
+		return exitOOM
+	case ipc.ProcessKilled:
+		return exitSignal + signal
+	case ipc.ProcessOutputLimit:
+		return exitOutputLimit
+	case ipc.ProcessNotFound:
+		return exitNotFound
+	case ipc.ProcessNotExecutable, ipc.ProcessCrashed, ipc.ProcessLost:
+		return exitNotExecutable
+	}
+	return exitCancelled // cancelled, refused, not started in time
+}
 
 // exitError carries an exit status out of a command.
 type exitError struct{ code int }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cgpool/cgpool/ipc"
 	"github.com/cgpool/cgpool/oomwatch"
 	"github.com/cgpool/cgpool/pool"
 	"github.com/spf13/cobra"
@@ -398,7 +399,7 @@ func signalName(n int) string {
 // endingOf classifies an outcome (or a refusal).
 func endingOf(o *pool.Outcome, refused error) ending {
 	if refused != nil {
-		return ending{reason: "refused", group: "refused", exit: -1, code: exitCancelled, msg: "refused: " + refused.Error()}
+		return ending{reason: "refused", group: "refused", exit: -1, code: exitFor("refused", 0), msg: "refused: " + refused.Error()}
 	}
 	switch o.Kind {
 	case pool.Result:
@@ -412,30 +413,30 @@ func endingOf(o *pool.Outcome, refused error) ending {
 		if o.Leaf == "" { // reduced mode: no cgroup, a process group
 			msg = fmt.Sprintf("timed out after %v; its process group (pid %d and what it started there) was killed", o.Timeout, o.Pid)
 		}
-		return ending{reason: "timeout", group: "timeout", exit: -1, signal: 9, code: exitTimeout, msg: msg}
+		return ending{reason: "timeout", group: "timeout", exit: -1, signal: 9, code: exitFor("timeout", 0), msg: msg}
 	case pool.ProcessError:
 		switch o.Reason {
 		case oomwatch.OOM:
-			return ending{reason: "oom", group: "oom", exit: -1, signal: 9, code: exitOOM, msg: o.Message}
+			return ending{reason: "oom", group: "oom", exit: -1, signal: 9, code: exitFor(ipc.ProcessOOM, 0), msg: o.Message}
 		case oomwatch.Killed:
-			return ending{reason: "killed", group: "killed by " + signalName(o.Signal), exit: -1, signal: o.Signal, code: exitSignal + o.Signal,
+			return ending{reason: "killed", group: "killed by " + signalName(o.Signal), exit: -1, signal: o.Signal, code: exitFor(ipc.ProcessKilled, o.Signal),
 				msg: fmt.Sprintf("killed by %s (not sent by cgpool)", signalName(o.Signal))}
 		case pool.OutputLimit:
-			return ending{reason: "output_limit", group: "output limit", exit: -1, signal: 9, code: exitOutputLimit, msg: o.Message}
+			return ending{reason: "output_limit", group: "output limit", exit: -1, signal: 9, code: exitFor(ipc.ProcessOutputLimit, 0), msg: o.Message}
 		case pool.NotFound:
-			return ending{reason: "not_found", group: "not found", exit: 127, code: exitNotFound, msg: "command not found"}
+			return ending{reason: "not_found", group: "not found", exit: 127, code: exitFor(ipc.ProcessNotFound, 0), msg: "command not found"}
 		case pool.NotExecutable:
 			msg := "cannot be executed"
 			if i := strings.Index(o.Message, ": cannot be executed"); i >= 0 {
 				msg = o.Message[i+2:]
 			}
-			return ending{reason: "not_executable", group: "not executable", exit: 126, code: exitNotExecutable, msg: msg}
+			return ending{reason: "not_executable", group: "not executable", exit: 126, code: exitFor(ipc.ProcessNotExecutable, 0), msg: msg}
 		}
-		return ending{reason: "crashed", group: "could not start", exit: -1, code: exitNotExecutable, msg: o.Message}
+		return ending{reason: "crashed", group: "could not start", exit: -1, code: exitFor(ipc.ProcessCrashed, 0), msg: o.Message}
 	case pool.Cancelled:
-		return ending{reason: "cancelled", group: "cancelled", exit: -1, signal: 9, code: exitCancelled, msg: o.Message}
+		return ending{reason: "cancelled", group: "cancelled", exit: -1, signal: 9, code: exitFor("cancelled", 0), msg: o.Message}
 	}
-	return ending{reason: string(o.Kind), group: string(o.Kind), exit: -1, code: exitCancelled, msg: o.String()}
+	return ending{reason: string(o.Kind), group: string(o.Kind), exit: -1, code: exitFor(string(o.Kind), 0), msg: o.String()}
 }
 
 // exitCode maps an outcome to cgpool's documented exit statuses (submit

@@ -253,27 +253,24 @@ func submitExit(res *client.Result, err error) error {
 	code, msg := exitFailure, message(err)
 	switch {
 	case errors.As(err, &te):
-		code = exitTimeout
+		code = exitFor("timeout", 0)
 		msg = fmt.Sprintf("timed out after %v; its cgroup (pid %d and everything it started) was killed", te.Timeout, te.PID)
-	case errors.As(err, &pe) && pe.OOM():
-		code, msg = exitOOM, pe.Message
-	case errors.As(err, &pe) && pe.Reason == ipc.ProcessKilled:
-		code = exitSignal + pe.Signal
-		msg = fmt.Sprintf("killed by %s (not sent by cgpool)", signalName(pe.Signal))
-	case errors.As(err, &pe) && pe.Reason == ipc.ProcessOutputLimit:
-		code, msg = exitOutputLimit, "OUTPUT CUT: "+pe.Message+" (--max-output); the rest of its output is lost"
-	case errors.As(err, &pe) && pe.Reason == ipc.ProcessNotFound:
-		code, msg = exitNotFound, pe.Message
 	case errors.As(err, &pe):
-		code, msg = exitNotExecutable, pe.Message
+		code, msg = exitFor(pe.Reason, pe.Signal), pe.Message
+		switch pe.Reason {
+		case ipc.ProcessKilled:
+			msg = fmt.Sprintf("killed by %s (not sent by cgpool)", signalName(pe.Signal))
+		case ipc.ProcessOutputLimit:
+			msg = "OUTPUT CUT: " + pe.Message + " (--max-output); the rest of its output is lost"
+		}
 	case errors.As(err, &re):
-		code, msg = exitCancelled, fmt.Sprintf("refused (%s): %s", re.Reason, re.Message)
+		code, msg = exitFor("refused", 0), fmt.Sprintf("refused (%s): %s", re.Reason, re.Message)
 	case errors.As(err, &ce):
-		code, msg = exitCancelled, "cancelled: "+ce.Message
+		code, msg = exitFor("cancelled", 0), "cancelled: "+ce.Message
 	case errors.As(err, &qe):
-		code, msg = exitCancelled, fmt.Sprintf("not started within %v (--queue-timeout)", qe.QueueTimeout)
+		code, msg = exitFor("queue_timeout", 0), fmt.Sprintf("not started within %v (--queue-timeout)", qe.QueueTimeout)
 	case errors.Is(err, client.ErrInvalid):
-		code = exitCancelled
+		code = exitFor("refused", 0)
 	}
 	if msg == "" {
 		msg = message(err)
