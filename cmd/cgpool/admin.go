@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/cgpool/cgpool/client"
 	"github.com/cgpool/cgpool/pool"
 	"github.com/spf13/cobra"
 )
@@ -56,36 +58,43 @@ func byPool[T any](raw json.RawMessage, p string) (map[string]T, error) {
 	return all, json.Unmarshal(raw, &all)
 }
 
-func statsCmd() *cobra.Command {
+// documentCmd is stats and ps: it fetches one document from the daemon
+// (one pool's or every pool's), what it is called in --json's help, and
+// prints it as JSON with --json, else as table prints it.
+func documentCmd[T any](use, short, long, what string, fetch func(*client.Client, context.Context, string) (json.RawMessage, error), table func(io.Writer, map[string]T) error) *cobra.Command {
 	var asJSON bool
-	return adminCmd("stats", "Print pool statistics: a table, or JSON with --json",
-		`Print each pool's statistics as a table: workers alive, busy and idle, tasks
-queued, running, received, succeeded, failed (with the reasons), cancelled and
-rejected. --json prints the whole document, Deadpool's eight keys first
-(tasks_received, tasks_launched, tasks_failed, worker_processes_created,
-max_workers_busy_concurrently, worker_processes_still_alive,
-worker_processes_idle, worker_processes_busy), then the rest.`,
-		"the pool (default: all pools)", cobra.NoArgs,
-		func(cmd *cobra.Command) { cmd.Flags().BoolVar(&asJSON, "json", false, "print the statistics as JSON") },
+	return adminCmd(use, short, long, "the pool (default: all pools)", cobra.NoArgs,
+		func(cmd *cobra.Command) { cmd.Flags().BoolVar(&asJSON, "json", false, "print the "+what+" as JSON") },
 		func(cmd *cobra.Command, _ []string, socket, p string) error {
 			c, err := dial(cmd.Context(), socket)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			raw, err := c.Stats(cmd.Context(), p)
+			raw, err := fetch(c, cmd.Context(), p)
 			if err != nil {
 				return err
 			}
 			if asJSON {
 				return printJSON(raw)
 			}
-			all, err := byPool[pool.Stats](raw, p)
+			all, err := byPool[T](raw, p)
 			if err != nil {
 				return err
 			}
-			return statsTable(os.Stdout, all)
+			return table(os.Stdout, all)
 		})
+}
+
+func statsCmd() *cobra.Command {
+	return documentCmd("stats", "Print pool statistics: a table, or JSON with --json",
+		`Print each pool's statistics as a table: workers alive, busy and idle, tasks
+queued, running, received, succeeded, failed (with the reasons), cancelled and
+rejected. --json prints the whole document, Deadpool's eight keys first
+(tasks_received, tasks_launched, tasks_failed, worker_processes_created,
+max_workers_busy_concurrently, worker_processes_still_alive,
+worker_processes_idle, worker_processes_busy), then the rest.`,
+		"statistics", (*client.Client).Stats, statsTable)
 }
 
 // statsTable prints the statistics for a person.
@@ -134,33 +143,12 @@ func statsTable(w io.Writer, all map[string]pool.Stats) error {
 }
 
 func psCmd() *cobra.Command {
-	var asJSON bool
-	return adminCmd("ps", "List the worker processes: pid, cgroup leaf, state, current task, memory, tasks done",
+	return documentCmd("ps", "List the worker processes: pid, cgroup leaf, state, current task, memory, tasks done",
 		`List every worker process (and every exec command running) with its slot, pid,
 state, task, memory and cgroup leaf. Slots with no process (an exec pool's
 slot between commands, a slot starting) are counted below the table instead.
 --json prints the whole status document, those slots included.`,
-		"the pool (default: all pools)", cobra.NoArgs,
-		func(cmd *cobra.Command) { cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON") },
-		func(cmd *cobra.Command, _ []string, socket, p string) error {
-			c, err := dial(cmd.Context(), socket)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			raw, err := c.Status(cmd.Context(), p)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(raw)
-			}
-			all, err := byPool[pool.Status](raw, p)
-			if err != nil {
-				return err
-			}
-			return psTable(os.Stdout, all)
-		})
+		"status", (*client.Client).Status, psTable)
 }
 
 // psTable prints the slots that hold a process, and how many do not.
