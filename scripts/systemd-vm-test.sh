@@ -142,11 +142,14 @@ KERNEL=$("$REPO/scripts/vm-test.sh" --print-kernel) || die "could not get the ke
 # What goes into the image. Changing any of it (or the recipe in
 # build_image, whose text is part of the key) builds a new image.
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,dbus-user-session,libpam-systemd,passwd,python3,python3-billiard
+# python3-celery, python3-redis and redis-server: the Celery memory-limit
+# test (TestCeleryMemoryLimit) runs a real celery worker here.
+PACKAGES=systemd,systemd-sysv,dbus,dbus-user-session,libpam-systemd,passwd,python3,python3-billiard,python3-celery,python3-redis,redis-server
 # Units a test VM has no use for, and that would slow the boot or wait for
 # devices it lacks (serial-getty waits 90 s for ttyS0's device unit, which
-# only udev would make).
-MASK="serial-getty@ttyS0.service getty@tty1.service console-getty.service systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer dpkg-db-backup.timer systemd-tmpfiles-clean.timer"
+# only udev would make). redis-server's own service: the Celery test starts
+# a private one on a free port.
+MASK="redis-server.service serial-getty@ttyS0.service getty@tty1.service console-getty.service systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer dpkg-db-backup.timer systemd-tmpfiles-clean.timer"
 
 build_image() {
 	local root=$1
@@ -211,6 +214,9 @@ cp testdata/config/systemd.toml "$O/etc/cgpool.toml"
 mkdir -p "$O/usr/local/lib/python3.11/dist-packages"
 cp -a python/cgpool "$O/usr/local/lib/python3.11/dist-packages/cgpool"
 find "$O/usr/local/lib/python3.11/dist-packages" -name __pycache__ -prune -exec rm -rf {} +
+# Its tests, for the Celery test (python/tests/test_celery.py and helpers).
+cp -a python/tests "$O/usr/local/lib/cgpool-vmtest/python-tests"
+find "$O/usr/local/lib/cgpool-vmtest/python-tests" -name __pycache__ -prune -exec rm -rf {} +
 cat >"$O/etc/systemd/system/cgpool-vmtest.service" <<'EOF'
 [Unit]
 Description=cgpool's systemd VM tests (scripts/systemd-vm-test.sh)
