@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -190,10 +191,14 @@ func (s *slot) runExec(t *Task) {
 	}
 	p.mu.Unlock()
 	env := s.env
-	if len(t.spec.Env) > 0 {
+	eio := t.spec.io()
+	if len(t.spec.Env) > 0 || eio.SlotEnv != "" {
 		env = slices.Clone(env)
 		for _, k := range slices.Sorted(maps.Keys(t.spec.Env)) {
 			env = append(env, k+"="+t.spec.Env[k])
+		}
+		if eio.SlotEnv != "" {
+			env = append(env, eio.SlotEnv+"="+strconv.Itoa(s.num))
 		}
 	}
 
@@ -210,7 +215,6 @@ func (s *slot) runExec(t *Task) {
 		s.finish(t, &Outcome{Kind: ProcessError, Reason: oomwatch.Crashed, ExitCode: -1, Message: "pipe: " + err.Error(), Leaf: s.leafPath})
 		return
 	}
-	eio := t.spec.io()
 	var stdin, feed *os.File // the command's end and ours
 	if eio.Stdin != nil {
 		if stdin, feed, err = os.Pipe(); err != nil {
@@ -322,7 +326,7 @@ func (s *slot) runExec(t *Task) {
 	proc.Close()
 	// Nothing outlives its task: kill what the command left in the slot.
 	left := false
-	if pop, _ := s.group.Populated(); pop {
+	if pop, _ := s.populated(); pop {
 		left = true
 		n := len(s.procs())
 		s.emptyGroup()
@@ -364,7 +368,7 @@ func (s *slot) runExec(t *Task) {
 	}
 	var o *Outcome
 	if kill == OutputLimit {
-		s.baseline, _, _ = oomwatch.Read(s.group)
+		s.baseline = s.oomCounters()
 		o = &base
 		o.Kind, o.Reason, o.Signal, o.ExitCode = ProcessError, OutputLimit, int(syscall.SIGKILL), -1
 		o.Message = fmt.Sprintf("wrote more than its output limit of %d bytes; its cgroup was killed", eio.MaxOutput)

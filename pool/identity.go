@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os/user"
 	"strconv"
+	"sync"
 	"syscall"
+	"time"
 )
 
 // Identity is a user that tasks or workers run as: a uid, a primary gid
@@ -32,6 +34,30 @@ func LookupIdentity(uid, gid uint32) Identity {
 	}
 	id.Groups = userGroups(u, id.GID)
 	return id
+}
+
+// rootIdentityTTL is how long rootIdentity keeps what it read: a change
+// to root's groups in the account database is seen this much later.
+const rootIdentityTTL = 5 * time.Second
+
+var rootID struct {
+	sync.Mutex
+	id Identity
+	at time.Time
+}
+
+// rootIdentity is LookupIdentity(0, 0), read at most once per
+// rootIdentityTTL: a root supervisor's own tasks and workers run as root
+// with root's groups, and looking them up per command (getpwuid and
+// getgrouplist, /etc/passwd and /etc/group opened and parsed) was a sixth
+// of cgpool run's own CPU time over many short commands.
+func rootIdentity() Identity {
+	rootID.Lock()
+	defer rootID.Unlock()
+	if rootID.at.IsZero() || time.Since(rootID.at) > rootIdentityTTL {
+		rootID.id, rootID.at = LookupIdentity(0, 0), time.Now()
+	}
+	return rootID.id
 }
 
 // lookupUser resolves a configured user: a name or a numeric uid, with an

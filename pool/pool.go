@@ -405,12 +405,26 @@ func (p *Pool) ownerReturningLocked(t *Task) bool {
 }
 
 func (p *Pool) startSlotLocked() *slot {
-	s := &slot{p: p, wake: make(chan struct{}, 1), state: "starting", inStarting: true}
+	s := &slot{p: p, wake: make(chan struct{}, 1), state: "starting", inStarting: true, num: p.freeSlotNumLocked()}
 	p.slots[s] = struct{}{}
 	p.starting++
 	p.wg.Add(1)
 	go s.run()
 	return s
+}
+
+// freeSlotNumLocked is the lowest slot number (from 1) no live slot
+// holds: a slot that ends gives its number to the next one started.
+func (p *Pool) freeSlotNumLocked() int {
+	used := make(map[int]bool, len(p.slots))
+	for s := range p.slots {
+		used[s.num] = true
+	}
+	n := 1
+	for used[n] {
+		n++
+	}
+	return n
 }
 
 // signalRoomLocked tells held submitters that the backlog has room.

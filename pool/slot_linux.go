@@ -39,6 +39,7 @@ type slot struct {
 	alive      bool
 	pid        int
 	name       string
+	num        int // 1, 2, ...: the lowest no other live slot holds (ExecIO.SlotEnv)
 	leafPath   string
 	groupRef   *cgroup.Group
 	tasksDone  int64
@@ -151,6 +152,8 @@ type incarnation struct {
 	// Kept open for the check after every task: reopening cgroupfs files
 	// cost a third of the supervisor's CPU on the no-op round trip.
 	leafProcs, slotStat *os.File
+	slotEvents          *os.File // the slot group's cgroup.events (populated)
+	memEvents           *os.File // its memory.events; nil without the memory controller
 	w                   *workerProc
 	env                 []string          // the environment this worker (or exec slot) started with
 	envVars             map[string]string // the pool's variables in env
@@ -221,9 +224,15 @@ func (inc *incarnation) build(p *Pool) error {
 		if inc.slotStat, err = os.Open(filepath.Join(g.Path(), "cgroup.stat")); err != nil {
 			return err
 		}
+		if inc.slotEvents, err = os.Open(filepath.Join(g.Path(), "cgroup.events")); err != nil {
+			return err
+		}
 	}
 	if inc.baseline, _, err = oomwatch.Read(g); err != nil {
 		return err
+	}
+	if !g.Reduced() {
+		inc.memEvents, _ = os.Open(filepath.Join(g.Path(), "memory.events")) // absent without the memory controller
 	}
 	if !g.Reduced() { // reduced mode: no cgroup counters (outcomes carry no usage)
 		if inc.usage, err = g.OpenUsage(); err != nil {
@@ -316,7 +325,7 @@ func (inc *incarnation) release(p *Pool, graceful bool) {
 		}
 		inc.w.kill()
 	}
-	for _, f := range []*os.File{inc.leafDir, inc.leafProcs, inc.slotStat} {
+	for _, f := range []*os.File{inc.leafDir, inc.leafProcs, inc.slotStat, inc.slotEvents, inc.memEvents} {
 		if f != nil {
 			f.Close()
 		}
@@ -462,7 +471,7 @@ func (p *Pool) workerCredential() *syscall.Credential {
 	case p.cfg.fixed != nil:
 		return p.cfg.fixed.credential()
 	case p.euid == 0:
-		id := LookupIdentity(0, 0)
+		id := rootIdentity()
 		return id.credential()
 	}
 	return nil
@@ -481,7 +490,7 @@ func (p *Pool) taskCredential(s *Spec) *syscall.Credential {
 	case s.Peer != nil:
 		return s.Peer.credential() // root only with allow_root: checked by validate
 	}
-	id := LookupIdentity(0, 0)
+	id := rootIdentity()
 	return id.credential()
 }
 
@@ -962,7 +971,7 @@ func (s *slot) runWorkerTask(t *Task, pre *read) {
 // it is gone (for at most teardownTimeout; a process stuck in the kernel
 // is logged and left to the teardown).
 func (s *slot) emptyGroup() {
-	if pop, err := s.group.Populated(); err != nil || !pop {
+	if pop, err := s.populated(); err != nil || !pop {
 		return
 	}
 	killed := time.Now()
@@ -1021,11 +1030,20 @@ func (p *Pool) armTimeout(t *Task) (stop func() bool) {
 // classify turns the facts of a worker or command that ended mid-task into
 // an outcome; exec says a clean exit is a result.
 func (s *slot) classify(t *Task, base Outcome, before oomwatch.Counters, kill oomwatch.Reason, e spawn.Exit) *Outcome {
-	after, _, _ := oomwatch.Read(s.group)
+	after := s.oomCounters()
 	s.baseline = after
 	v := oomwatch.Classify(oomwatch.Facts{Before: before, After: after, SupervisorKill: kill, Exited: true, Signal: e.Signal, ExitCode: e.Code})
 	o := base
-	o.MemoryPeak, _ = s.group.MemoryPeak()
+	switch {
+	case s.usage != nil:
+		// takeUsage read memory.peak a moment ago through a file kept
+		// open (no memory controller: no memory.peak to read at all).
+		if base.Usage != nil && base.Usage.MemoryPeakScope != "" {
+			o.MemoryPeak = base.Usage.MemoryPeak
+		}
+	default:
+		o.MemoryPeak, _ = s.group.MemoryPeak()
+	}
 	if s.group.Reduced() {
 		// No memory.peak: the highest sum of VmHWM the slot's processes
 		// were seen with, or the process's own peak RSS from wait4.
@@ -1171,6 +1189,45 @@ func (s *slot) leftovers() int {
 		}
 	}
 	return s.leftoversSlow()
+}
+
+// oomCounters reads the slot's OOM kill counters: a pread of its
+// memory.events, kept open; none without the memory controller (in
+// reduced mode, oomwatch's stand-in).
+func (s *slot) oomCounters() oomwatch.Counters {
+	if s.group.Reduced() {
+		c, _, _ := oomwatch.Read(s.group)
+		return c
+	}
+	if s.memEvents == nil {
+		return oomwatch.Counters{}
+	}
+	var buf [512]byte
+	n, err := unix.Pread(int(s.memEvents.Fd()), buf[:], 0)
+	if err != nil {
+		return oomwatch.Counters{}
+	}
+	ev, err := cgroup.ParseMemoryEvents(string(buf[:n]))
+	if err != nil {
+		return oomwatch.Counters{}
+	}
+	return oomwatch.Counters{OOMKill: ev.OOMKill, OOMGroupKill: ev.OOMGroupKill}
+}
+
+// populated reports whether a process is left in the slot: one pread of
+// its cgroup.events, kept open (opening it per task was a seventh of
+// cgpool run's own time over short commands).
+func (s *slot) populated() (bool, error) {
+	if s.slotEvents == nil {
+		return s.group.Populated()
+	}
+	var buf [256]byte
+	n, err := unix.Pread(int(s.slotEvents.Fd()), buf[:], 0)
+	if err != nil {
+		return false, err
+	}
+	ev, err := cgroup.ParseEvents(string(buf[:n]))
+	return ev.Populated, err
 }
 
 // leftoversSlow counts, from the slot's process list, its processes other

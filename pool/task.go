@@ -62,6 +62,13 @@ type ExecIO struct {
 	// from a goroutine of its own and closes the pipe after it, or when
 	// the command has ended.
 	Stdin []byte
+	// SlotEnv, if set, names an environment variable the command gets,
+	// set to its slot's number: 1 to MaxWorkers, different for the
+	// commands that run at once, and the same for the commands one slot
+	// runs one after another (GNU parallel's PARALLEL_JOBSLOT, which
+	// cgpool run sets this way so that it can queue commands ahead of
+	// the slots that will run them).
+	SlotEnv string
 }
 
 // io is the task's ExecIO, the zero one if it has none.

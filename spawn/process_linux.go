@@ -7,8 +7,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,6 +46,60 @@ type Options struct {
 	Pdeathsig syscall.Signal
 }
 
+// lookPathTTL bounds how long a program found in PATH is remembered: a
+// program installed (or removed) meanwhile is seen this much later.
+const lookPathTTL = time.Second
+
+var looked struct {
+	sync.Mutex
+	m map[string]lookedPath
+}
+
+type lookedPath struct {
+	path, envPath string // what name resolved to, under which $PATH
+	at            time.Time
+}
+
+// lookPath is exec.LookPath(name) (PATH as os/exec reads it: ours, not
+// the child's), remembered for lookPathTTL: a stat of each PATH folder
+// per command was a tenth of cgpool run's own time over many short
+// commands. A name with a slash, or one not found (the error is then
+// os/exec's own), is returned as it is.
+func lookPath(name string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	envPath := os.Getenv("PATH")
+	looked.Lock()
+	defer looked.Unlock()
+	if e, ok := looked.m[name]; ok && e.envPath == envPath && time.Since(e.at) < lookPathTTL {
+		return e.path
+	}
+	p, err := exec.LookPath(name)
+	if err != nil || !filepath.IsAbs(p) {
+		return name
+	}
+	if looked.m == nil || len(looked.m) >= 256 {
+		looked.m = map[string]lookedPath{}
+	}
+	looked.m[name] = lookedPath{path: p, envPath: envPath, at: time.Now()}
+	return p
+}
+
+var devNullFile struct {
+	once sync.Once
+	f    *os.File
+}
+
+// devNull is /dev/null opened once for reading, the standard input of
+// every child given none (nil if it cannot be opened).
+func devNull() *os.File {
+	devNullFile.once.Do(func() {
+		devNullFile.f, _ = os.Open(os.DevNull)
+	})
+	return devNullFile.f
+}
+
 // Process is a child started by Start.
 type Process struct {
 	cmd   *exec.Cmd
@@ -72,7 +129,7 @@ func Start(o Options) (*Process, error) {
 	if len(args) == 0 {
 		args = []string{path}
 	}
-	cmd := exec.Command(path, args[1:]...)
+	cmd := exec.Command(lookPath(path), args[1:]...)
 	cmd.Args = args
 	if cmd.Err != nil {
 		return nil, cmd.Err
@@ -83,6 +140,11 @@ func Start(o Options) (*Process, error) {
 	}
 	cmd.Dir = o.Dir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
+	if o.Stdin == nil {
+		if f := devNull(); f != nil {
+			cmd.Stdin = f // else os/exec opens /dev/null for this child
+		}
+	}
 	cmd.ExtraFiles = o.ExtraFiles
 	sig := o.Pdeathsig
 	if sig == 0 {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -125,5 +127,39 @@ func TestStartErrors(t *testing.T) {
 	_, err = spawn.Start(spawn.Options{Path: "/nonexistent/program", Cgroup: dir})
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/program") {
 		t.Errorf("Start(/nonexistent/program) = %v, want an error naming it", err)
+	}
+}
+
+// TestPathLookupAndStdin: a program not found in PATH is looked for again
+// at the next start (a failure is never remembered), and a child given no
+// standard input
+// reads end of file at once (/dev/null).
+func TestPathLookupAndStdin(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("PATH", dir+":/usr/bin:/bin")
+	start := func() (*spawn.Process, string, error) {
+		var out strings.Builder
+		p, err := spawn.Start(spawn.Options{Path: "cgpool-spawn-probe", Args: []string{"cgpool-spawn-probe", "x"},
+			ProcessGroupOnly: true, Stdout: &out, Env: []string{"PATH=/usr/bin:/bin"}})
+		if err != nil {
+			return nil, "", err
+		}
+		wait(t, p)
+		p.Close()
+		return p, out.String(), nil
+	}
+	if _, _, err := start(); !errors.Is(err, exec.ErrNotFound) {
+		t.Fatalf("start of a program not in PATH: %v, want exec.ErrNotFound", err)
+	}
+	script := "#!/bin/sh\necho \"$1\"; cat; echo eof\n"
+	if err := os.WriteFile(filepath.Join(dir, "cgpool-spawn-probe"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, out, err := start()
+	if err != nil {
+		t.Fatalf("start once the program is in PATH: %v", err)
+	}
+	if out != "x\neof\n" {
+		t.Errorf("the child printed %q, want its argument, then end of its input at once", out)
 	}
 }

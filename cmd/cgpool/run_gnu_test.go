@@ -85,6 +85,13 @@ func TestRunLikeGNUParallel(t *testing.T) {
 		{"--halt soon,fail=50%: the failed share", "", []string{"-j1", "--halt", "soon,fail=50%", "exit {}", ":::", "1", "0", "1", "1"}, true},
 		{"--halt 2 (now,fail=1)", "", []string{"-j1", "--halt", "2", "exit {}", ":::", "0", "4", "0"}, true},
 		{"--halt now,success=1", "", []string{"-j1", "--halt", "now,success=1", "exit {}", ":::", "1", "0", "1"}, true},
+		// After the failure nothing more starts (cgpool run queues
+		// commands ahead of its slots, but not with --halt: this failed
+		// when it did).
+		{"--halt soon,fail=1: nothing queued starts", "", []string{"-j2", "--halt", "soon,fail=1", "echo {}; sleep 0.{}; exit 1", ":::", "3", "5", "1", "1", "1"}, true},
+		// Two commands that run at once never share a slot number
+		// (mkdir fails if the other holds it), and every number is 1..-j.
+		{"PARALLEL_JOBSLOT: 1..-j, never shared", "", []string{"-j2", `mkdir "slot-$PARALLEL_JOBSLOT" || exit 9; sleep 0.1; rmdir "slot-$PARALLEL_JOBSLOT"; echo $PARALLEL_JOBSLOT | tr 12 xx`, ":::", "a", "b", "c", "d", "e", "f"}, true},
 		{"--line-buffer: whole lines", "", []string{"--line-buffer", "-j3", "for i in 1 2 3; do echo {}-$i; done", ":::", "a", "b", "c"}, true},
 		{"-k --line-buffer", "", []string{"-k", "--line-buffer", "-j3", "sleep 0.{}; echo {}-1; echo {}-2", ":::", "3", "1", "2"}, false},
 		{"--pipe --block 100k", func() string {

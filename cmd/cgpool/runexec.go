@@ -107,7 +107,9 @@ type runJob struct {
 	task    *pool.Task
 	start   time.Time
 	out     *jobOut
-	stopped bool // cgpool killed it (interrupt, --halt now)
+	stopped bool // cgpool killed it (interrupt, --halt now), or cancelled it before it started
+	// notStarted: cancelled in the pool's queue (queued ahead), never run
+	notStarted bool
 }
 
 // runEvent is a pool event about a job, or the end of the input.
@@ -127,7 +129,17 @@ type runner struct {
 	jl   *joblog
 	bar  *progressbar.ProgressBar
 	evc  chan runEvent
-	free []int // free slots ({%}), lowest first
+	free []int // free slots ({%}), lowest first; unused when ahead > 0
+	// ahead is how many commands wait in the pool's queue beyond the
+	// slots, so that a slot whose command ended starts the next at once,
+	// not after this loop has seen the end and sent another: a tenth of
+	// the time of a run of short commands. Then the pool tells each
+	// command its slot (PARALLEL_JOBSLOT, ExecIO.SlotEnv). 0 when COMMAND
+	// holds {%}, which must be known when the command is expanded, and
+	// with --halt: a slot would start a queued command before this loop
+	// saw the end that reached the halt, and after a halt nothing starts.
+	ahead   int
+	workers int
 
 	running map[*runJob]bool
 	seq     int // inputs taken so far
@@ -162,9 +174,16 @@ func execute(ctx context.Context, p *runPlan) error {
 	}
 	defer em.close()
 
-	r := &runner{p: p, em: em, evc: make(chan runEvent, 2*workers+8), running: map[*runJob]bool{}, byGroup: map[string]int{}}
-	for i := 1; i <= workers; i++ {
-		r.free = append(r.free, i)
+	ahead := workers
+	if p.cmd.slot || o.once || !p.halt.never {
+		ahead = 0
+	}
+	r := &runner{p: p, em: em, evc: make(chan runEvent, 2*(workers+ahead)+8), running: map[*runJob]bool{}, byGroup: map[string]int{},
+		ahead: ahead, workers: workers}
+	if ahead == 0 {
+		for i := 1; i <= workers; i++ {
+			r.free = append(r.free, i)
+		}
 	}
 	if o.progress == "always" || (o.progress == "auto" && !o.once && term.IsTerminal(int(os.Stderr.Fd()))) {
 		r.bar = progressbar.NewOptions(-1, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetDescription("cgpool run"),
@@ -276,10 +295,11 @@ func (r *runner) loop(ctx context.Context, interrupt <-chan os.Signal) error {
 		stopped := r.stopped != ""
 		r.mu.Unlock()
 		var next <-chan input
-		if !stopped && len(r.free) > 0 && inputs != nil {
+		room := r.room()
+		if !stopped && room && inputs != nil {
 			next = inputs
 		}
-		if !stopped && len(r.free) > 0 && len(pending) > 0 {
+		if !stopped && room && len(pending) > 0 {
 			r.take(pending[0], total)
 			pending = pending[1:]
 			continue
@@ -306,7 +326,7 @@ func (r *runner) loop(ctx context.Context, interrupt <-chan os.Signal) error {
 		case ev := <-r.evc:
 			r.handle(ev, total)
 		case s := <-interrupt:
-			fmt.Fprintf(os.Stderr, "cgpool: %s: starting no more commands; killing the %s running\n", sigName(s), plural(len(r.running), "command"))
+			fmt.Fprintf(os.Stderr, "cgpool: %s: starting no more commands; killing the %s running\n", sigName(s), plural(r.started(), "command"))
 			r.stop("interrupt", s)
 		}
 		if err := r.out.failed(); err != nil && !r.isStopped() {
@@ -372,7 +392,9 @@ func (r *runner) take(in input, total int) {
 		return
 	}
 	j := &runJob{job: &job{seq: seq, args: in.args, in: in.data}}
-	j.slot, r.free = r.free[0], r.free[1:]
+	if r.ahead == 0 {
+		j.slot, r.free = r.free[0], r.free[1:]
+	}
 	j.argv, j.line = r.p.cmd.expand(j.job)
 	tag := ""
 	if r.p.o.tag {
@@ -388,12 +410,17 @@ func (r *runner) take(in input, total int) {
 // pool never waits on it).
 func (r *runner) submit(j *runJob) {
 	out := j.out
-	spec := pool.Spec{Argv: j.argv, Env: map[string]string{"PARALLEL_SEQ": strconv.Itoa(j.seq), "PARALLEL_JOBSLOT": strconv.Itoa(j.slot)},
+	spec := pool.Spec{Argv: j.argv, Env: map[string]string{"PARALLEL_SEQ": strconv.Itoa(j.seq)},
 		IO: &pool.ExecIO{MaxOutput: r.p.o.maxOutput,
 			Output: func(s pool.Stream, p []byte, _ <-chan struct{}) error {
 				out.write(int(s)-1, p)
 				return nil
 			}}}
+	if r.ahead == 0 {
+		spec.Env["PARALLEL_JOBSLOT"] = strconv.Itoa(j.slot)
+	} else {
+		spec.IO.SlotEnv = "PARALLEL_JOBSLOT"
+	}
 	if r.p.o.pipe {
 		spec.IO.Stdin = j.in
 		if spec.IO.Stdin == nil {
@@ -418,15 +445,40 @@ func (r *runner) stop(why string, s os.Signal) {
 		r.stopped, r.signal = why, s
 	}
 	r.mu.Unlock()
-	if why == "halt" && !r.p.halt.now {
-		return
-	}
+	// --halt soon lets the commands that run finish; the ones queued
+	// ahead (see ahead) never start.
+	hard := why != "halt" || r.p.halt.now
 	for j := range r.running {
-		j.stopped = true
-		if j.task != nil {
-			r.em.pool.Cancel(j.task.ID(), true)
+		if j.task == nil || j.stopped {
+			continue
+		}
+		ok, state := r.em.pool.Cancel(j.task.ID(), hard)
+		switch {
+		case ok && state == "queued":
+			j.stopped, j.notStarted = true, true
+		case hard:
+			j.stopped = true
 		}
 	}
+}
+
+// room reports whether another command may be taken now.
+func (r *runner) room() bool {
+	if r.ahead == 0 {
+		return len(r.free) > 0
+	}
+	return len(r.running) < r.workers+r.ahead
+}
+
+// started counts the commands that run (not the ones queued ahead).
+func (r *runner) started() int {
+	n := 0
+	for j := range r.running {
+		if !j.start.IsZero() {
+			n++
+		}
+	}
+	return n
 }
 
 // handle takes one event about a job.
@@ -448,7 +500,11 @@ func (r *runner) handle(ev runEvent, total int) {
 		j.out.finish()
 		r.done(j)
 		r.mu.Lock()
-		r.killed++
+		if j.notStarted {
+			r.notRun++
+		} else {
+			r.killed++
+		}
 		r.mu.Unlock()
 		return
 	}
@@ -498,9 +554,9 @@ func (r *runner) handle(ev runEvent, total int) {
 		what := map[string]string{"fail": "failed", "success": "succeeded", "done": "ended"}[h.why]
 		n := map[string]int{"fail": failed, "success": succeeded, "done": failed + succeeded}[h.why]
 		if h.now {
-			fmt.Fprintf(os.Stderr, "cgpool: --halt %s: %s %s; killing the %s still running\n", h.text, plural(n, "command"), what, plural(len(r.running), "command"))
+			fmt.Fprintf(os.Stderr, "cgpool: --halt %s: %s %s; killing the %s still running\n", h.text, plural(n, "command"), what, plural(r.started(), "command"))
 		} else {
-			fmt.Fprintf(os.Stderr, "cgpool: --halt %s: %s %s; starting no more, waiting for the %s running\n", h.text, plural(n, "command"), what, plural(len(r.running), "command"))
+			fmt.Fprintf(os.Stderr, "cgpool: --halt %s: %s %s; starting no more, waiting for the %s running\n", h.text, plural(n, "command"), what, plural(r.started(), "command"))
 		}
 		r.stop("halt", nil)
 	}
@@ -509,8 +565,10 @@ func (r *runner) handle(ev runEvent, total int) {
 // done frees a finished job's slot.
 func (r *runner) done(j *runJob) {
 	delete(r.running, j)
-	r.free = append(r.free, j.slot)
-	slices.Sort(r.free)
+	if r.ahead == 0 {
+		r.free = append(r.free, j.slot)
+		slices.Sort(r.free)
+	}
 	if r.bar != nil {
 		_ = r.bar.Add(1)
 	}

@@ -37,6 +37,7 @@ type command struct {
 	form   cmdForm
 	script int  // formScript: the index of the script in args
 	repl   bool // some argument holds a replacement string
+	slot   bool // some argument holds {%}: a job's slot must be known when it is expanded
 	raw    bool // -q: never quote values
 }
 
@@ -52,6 +53,9 @@ func newCommand(args []string, raw bool) *command {
 	for _, a := range args {
 		if hasRepl(a) {
 			c.repl = true
+		}
+		if strings.Contains(a, "{%}") {
+			c.slot = true
 		}
 	}
 	switch {
@@ -164,7 +168,7 @@ func parseRepl(in string) (n int, op string, ok bool) {
 type job struct {
 	seq  int      // 1, 2, ... in input order ({#})
 	args []string // its arguments from the input sources (after --colsep)
-	slot int      // {%}: set when it starts
+	slot int      // {%}: set when it is taken (0 when commands queue ahead: see runner.ahead)
 	argv []string // what runs
 	line string   // how it reads as a shell line (--dry-run, the joblog)
 	in   []byte   // --pipe: its standard input
