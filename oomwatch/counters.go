@@ -24,5 +24,10 @@ func Read(g *cgroup.Group) (c Counters, ok bool, err error) {
 	if err != nil {
 		return Counters{}, false, err
 	}
-	return Counters{OOMKill: ev.OOMKill, OOMGroupKill: ev.OOMGroupKill}, true, nil
+	return CountersOf(ev), true, nil
+}
+
+// CountersOf is the counters of a memory.events already read.
+func CountersOf(ev cgroup.MemoryEvents) Counters {
+	return Counters{OOMKill: ev.OOMKill, OOMGroupKill: ev.OOMGroupKill}
 }

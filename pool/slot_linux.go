@@ -1168,20 +1168,16 @@ func (s *slot) procs() []int {
 
 // leftovers counts processes in the slot other than the worker. The fast
 // path is two preads: the leaf holds exactly the worker, and the slot has
-// no group but the leaf. (One pread each: cgroupfs returns a short file
-// whole, and os.File.ReadAt would read again to see the end.)
+// no group but the leaf.
 func (s *slot) leftovers() int {
 	if s.group.Reduced() {
 		return s.leftoversSlow()
 	}
-	var buf [512]byte
-	n, err := unix.Pread(int(s.leafProcs.Fd()), buf[:], 0)
-	if err == nil && n < len(buf) {
-		f := strings.Fields(string(buf[:n]))
+	if procs, err := preadFile(s.leafProcs); err == nil {
+		f := strings.Fields(procs)
 		if len(f) == 1 && (s.w == nil || f[0] == strconv.Itoa(s.w.pid())) {
-			n, err = unix.Pread(int(s.slotStat.Fd()), buf[:], 0)
-			if err == nil && n < len(buf) {
-				m, _ := cgroup.ParseFlatKeyed(string(buf[:n]))
+			if stat, err := preadFile(s.slotStat); err == nil {
+				m, _ := cgroup.ParseFlatKeyed(stat)
 				if m["nr_descendants"] <= 1 {
 					return 0
 				}
@@ -1202,16 +1198,30 @@ func (s *slot) oomCounters() oomwatch.Counters {
 	if s.memEvents == nil {
 		return oomwatch.Counters{}
 	}
+	text, err := preadFile(s.memEvents)
+	if err != nil {
+		return oomwatch.Counters{}
+	}
+	ev, err := cgroup.ParseMemoryEvents(text)
+	if err != nil {
+		return oomwatch.Counters{}
+	}
+	return oomwatch.CountersOf(ev)
+}
+
+// preadFile reads a short cgroupfs file kept open, whole, in one pread
+// (cgroupfs returns a short file whole, and os.File.ReadAt would read
+// again to see the end).
+func preadFile(f *os.File) (string, error) {
 	var buf [512]byte
-	n, err := unix.Pread(int(s.memEvents.Fd()), buf[:], 0)
+	n, err := unix.Pread(int(f.Fd()), buf[:], 0)
 	if err != nil {
-		return oomwatch.Counters{}
+		return "", err
 	}
-	ev, err := cgroup.ParseMemoryEvents(string(buf[:n]))
-	if err != nil {
-		return oomwatch.Counters{}
+	if n == len(buf) {
+		return "", fmt.Errorf("%s: longer than %d bytes", f.Name(), len(buf))
 	}
-	return oomwatch.Counters{OOMKill: ev.OOMKill, OOMGroupKill: ev.OOMGroupKill}
+	return string(buf[:n]), nil
 }
 
 // populated reports whether a process is left in the slot: one pread of
@@ -1221,12 +1231,11 @@ func (s *slot) populated() (bool, error) {
 	if s.slotEvents == nil {
 		return s.group.Populated()
 	}
-	var buf [256]byte
-	n, err := unix.Pread(int(s.slotEvents.Fd()), buf[:], 0)
+	text, err := preadFile(s.slotEvents)
 	if err != nil {
 		return false, err
 	}
-	ev, err := cgroup.ParseEvents(string(buf[:n]))
+	ev, err := cgroup.ParseEvents(text)
 	return ev.Populated, err
 }
 

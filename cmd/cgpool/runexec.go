@@ -445,19 +445,15 @@ func (r *runner) stop(why string, s os.Signal) {
 		r.stopped, r.signal = why, s
 	}
 	r.mu.Unlock()
-	// --halt soon lets the commands that run finish; the ones queued
-	// ahead (see ahead) never start.
-	hard := why != "halt" || r.p.halt.now
+	if why == "halt" && !r.p.halt.now {
+		return // the running ones finish; nothing is queued ahead with --halt
+	}
 	for j := range r.running {
-		if j.task == nil || j.stopped {
-			continue
-		}
-		ok, state := r.em.pool.Cancel(j.task.ID(), hard)
-		switch {
-		case ok && state == "queued":
-			j.stopped, j.notStarted = true, true
-		case hard:
-			j.stopped = true
+		j.stopped = true
+		if j.task != nil {
+			if _, state := r.em.pool.Cancel(j.task.ID(), true); state == "queued" {
+				j.notStarted = true // queued ahead: it never ran
+			}
 		}
 	}
 }
