@@ -1,6 +1,6 @@
 """Celery throughput and lost-worker latency: cgpool's pool beside prefork.
 
-    /usr/bin/python3 python/bench/celery_throughput.py [--tasks 5000] [--rounds 3] [--kills 5] [--max-lost-ms 100]
+    /usr/bin/python3 python/bench/celery_throughput.py [--tasks 5000] [--rounds 3] [--kills 5] [--max-lost-ms 100] [--min-ratio 1]
 
 Starts a private redis-server (broker and result backend) and, for each
 pool in turn (prefork, cgpool, prefork, cgpool, ...), a real ``celery
@@ -143,6 +143,8 @@ def main():
     ap.add_argument("--kills", type=int, default=5, help="workers killed per pool for the latency (default 5)")
     ap.add_argument("--max-lost-ms", type=float, default=0,
                     help="exit 1 if cgpool's median lost-worker latency is not under this (.ci/run: 100)")
+    ap.add_argument("--min-ratio", type=float, default=0,
+                    help="exit 1 if the median throughput ratio cgpool / prefork is below this (.ci/run: 1)")
     args = ap.parse_args()
     reason = cs.celery_reason()
     if reason:
@@ -187,6 +189,9 @@ def main():
     if args.max_lost_ms and statistics.median(lost["cgpool"]) * 1000 >= args.max_lost_ms:
         raise SystemExit("FAIL: cgpool's lost worker took %.1f ms (median), not under %g ms"
                          % (statistics.median(lost["cgpool"]) * 1000, args.max_lost_ms))
+    if args.min_ratio and mc / mp < args.min_ratio:
+        raise SystemExit("FAIL: cgpool's throughput is %.2f of prefork's (median of %d rounds), below %g"
+                         % (mc / mp, args.rounds, args.min_ratio))
 
 
 if __name__ == "__main__":
